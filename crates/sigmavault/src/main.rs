@@ -1,0 +1,48 @@
+//! The `sigmavault` binary: a thin CLI over the server library and the clients.
+//!
+//! `anyhow` lives here and nowhere else: the library returns typed errors.
+
+mod bench;
+mod client;
+mod watch;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// SigmaVault: NAS management server and its clients.
+#[derive(Parser)]
+#[command(name = "sigmavault", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (HTTP API under /api/v1 and the WebSocket hub at /ws).
+    Serve(sigmavault_server::config::ServeArgs),
+    /// Connect to a server and print every message, reconnecting and resuming.
+    Watch(watch::WatchArgs),
+    /// Load-test a running server's hub and report throughput, latency and memory.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => sigmavault_server::cli::serve_main(args),
+        Command::Watch(args) => report(watch::run(args)),
+        Command::Bench(args) => report(bench::run(args)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
