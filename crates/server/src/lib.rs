@@ -1,1 +1,131 @@
-//! server
+//! SigmaVault server: everything that runs inside `sigmavault serve`.
+//!
+//! [`run`] serves on a bound listener until a shutdown token fires; tests bind
+//! `127.0.0.1:0` and call [`start`]. The hub (`hub/`) is the heart: see its
+//! module docs and `docs/architecture.md`.
+
+pub mod cli;
+pub mod config;
+pub mod http;
+pub mod hub;
+mod net;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use config::Config;
+use hub::{Hub, HubConfig};
+
+/// The server's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Errors that stop the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bound listener has no address.
+    #[error("listener has no local address: {0}")]
+    LocalAddr(std::io::Error),
+}
+
+/// Serves until `shutdown` is cancelled, then shuts down in order: stop
+/// accepting → close every WebSocket with 1001 → let in-flight HTTP requests
+/// finish → wait for every task, at most `shutdown_grace`, then abort the rest.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let tracker = TaskTracker::new();
+    let abort_all = CancellationToken::new();
+    let hub = Hub::new(HubConfig::from(&config), tracker.clone(), abort_all.clone());
+    hub.start_background(shutdown.clone());
+    let config = Arc::new(config);
+    let app = http::AppState {
+        hub: hub.clone(),
+        config: config.clone(),
+        started_at: chrono::Utc::now(),
+        started: Instant::now(),
+    };
+    let router = http::router(app);
+    tracing::info!(
+        addr = %listener.local_addr().map_err(ServerError::LocalAddr)?,
+        max_connections = config.max_connections,
+        epoch = hub.epoch(),
+        "serving"
+    );
+
+    net::serve(listener, router, &config, shutdown.clone(), &tracker).await;
+
+    tracing::info!(
+        clients = hub.client_count(),
+        "shutting down: closing websockets with 1001"
+    );
+    hub.close_all();
+    tracker.close();
+    let drained = tokio::time::timeout(config.shutdown_grace, tracker.wait()).await;
+    if drained.is_err() {
+        tracing::warn!(
+            grace_ms = config.shutdown_grace.as_millis() as u64,
+            remaining_tasks = tracker.len(),
+            "shutdown grace period expired; aborting what is left"
+        );
+        abort_all.cancel();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tracker.wait()).await;
+    }
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// A server running in this process (tests, embedding).
+pub struct RunningServer {
+    /// The bound address (the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    /// Cancel to begin a graceful shutdown.
+    pub shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Shuts down gracefully and waits for the end.
+    pub async fn stop(self) -> Result<(), ServerError> {
+        self.shutdown.cancel();
+        self.wait().await
+    }
+
+    /// Waits for the server to end (after `shutdown` was cancelled).
+    pub async fn wait(self) -> Result<(), ServerError> {
+        match self.handle.await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+}
+
+/// Binds `config.listen_addr()` and runs the server on a new task.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    let want = config.listen_addr();
+    let listener = TcpListener::bind(want)
+        .await
+        .map_err(|source| ServerError::Bind { addr: want, source })?;
+    let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(run(config, listener, shutdown.clone()));
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        handle,
+    })
+}

@@ -1,0 +1,567 @@
+//! Typed server configuration, layered once at start-up:
+//! built-in defaults < TOML file (`--config`) < `SIGMAVAULT_*` environment < flags.
+//!
+//! Every value is parsed from text by the same function whatever layer it came
+//! from, so a bad value reads the same everywhere: one line naming the key.
+//! The environment is read through a lookup function so tests can pass a map.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Flags of `sigmavault serve`. Values stay text here; [`Config::load`] parses them
+/// so that flags, environment and file report errors the same way.
+#[derive(Debug, Default, Clone, Args)]
+pub struct ServeArgs {
+    /// TOML file with any of the keys below (snake_case or kebab-case).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1].
+    #[arg(long)]
+    pub host: Option<String>,
+    /// TCP port; 0 picks a free one [default: 12080].
+    #[arg(long)]
+    pub port: Option<String>,
+    /// Directory for the database and secrets [default: ./data].
+    #[arg(long)]
+    pub data_dir: Option<String>,
+    /// Deployment label shown in /api/v1/info [default: production].
+    #[arg(long)]
+    pub environment: Option<String>,
+    /// WebSocket ping interval [default: 30s].
+    #[arg(long)]
+    pub ws_ping_interval: Option<String>,
+    /// Extra silence tolerated after a ping before the peer is dropped [default: 10s].
+    #[arg(long)]
+    pub ws_pong_timeout: Option<String>,
+    /// Event-class messages queued per client before it is closed with 4008 [default: 256].
+    #[arg(long)]
+    pub ws_queue: Option<String>,
+    /// Largest inbound WebSocket message [default: 64KiB].
+    #[arg(long)]
+    pub ws_max_message: Option<String>,
+    /// A socket write that makes no progress for this long drops the client [default: 10s].
+    #[arg(long)]
+    pub ws_write_timeout: Option<String>,
+    /// Kernel send buffer per WebSocket (SO_SNDBUF), so a non-reader is noticed fast [default: 256KiB].
+    #[arg(long)]
+    pub ws_send_buffer: Option<String>,
+    /// Initial read buffer per WebSocket [default: 4KiB].
+    #[arg(long)]
+    pub ws_read_buffer: Option<String>,
+    /// Sustained inbound messages per second per connection [default: 50].
+    #[arg(long)]
+    pub ws_rate_limit: Option<String>,
+    /// Inbound burst allowance per connection [default: 100].
+    #[arg(long)]
+    pub ws_rate_burst: Option<String>,
+    /// Most concurrent WebSocket connections [default: auto = open-file limit - 512].
+    #[arg(long)]
+    pub max_connections: Option<String>,
+    /// Events kept in memory for resume [default: 10000].
+    #[arg(long)]
+    pub history: Option<String>,
+    /// Interval of the `heartbeat` message [default: 30s].
+    #[arg(long)]
+    pub heartbeat_interval: Option<String>,
+    /// Grace period for in-flight work at shutdown [default: 10s].
+    #[arg(long)]
+    pub shutdown_grace: Option<String>,
+    /// Idle keep-alive and slow-header timeout for HTTP connections [default: 30s].
+    #[arg(long)]
+    pub http_idle_timeout: Option<String>,
+    /// Time limit for one HTTP request [default: 30s].
+    #[arg(long)]
+    pub http_request_timeout: Option<String>,
+    /// Largest HTTP request body [default: 1MiB].
+    #[arg(long)]
+    pub http_max_body: Option<String>,
+    /// Most events in one POST /api/v1/events batch [default: 1000].
+    #[arg(long)]
+    pub max_batch: Option<String>,
+    /// Log format: text or json [default: text].
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Log filter, as RUST_LOG [default: info].
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Mount the test-only echo endpoint /ws/echo (WebSocket conformance runs) [default: false].
+    #[arg(long, hide = true)]
+    pub ws_echo: Option<String>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address.
+    pub host: IpAddr,
+    /// Listen port (0 = any).
+    pub port: u16,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Deployment label.
+    pub environment: String,
+    /// WebSocket ping interval.
+    pub ws_ping_interval: Duration,
+    /// Extra silence tolerated after a ping.
+    pub ws_pong_timeout: Duration,
+    /// Per-client event queue bound.
+    pub ws_queue: usize,
+    /// Largest inbound message, bytes.
+    pub ws_max_message: usize,
+    /// Stalled-write limit.
+    pub ws_write_timeout: Duration,
+    /// SO_SNDBUF per WebSocket, bytes.
+    pub ws_send_buffer: usize,
+    /// Initial read buffer per WebSocket, bytes.
+    pub ws_read_buffer: usize,
+    /// Inbound messages per second.
+    pub ws_rate_limit: u32,
+    /// Inbound burst.
+    pub ws_rate_burst: u32,
+    /// Connection cap (resolved from the fd limit when not set).
+    pub max_connections: usize,
+    /// History ring size.
+    pub history: usize,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Shutdown grace.
+    pub shutdown_grace: Duration,
+    /// HTTP idle / header timeout.
+    pub http_idle_timeout: Duration,
+    /// HTTP request timeout.
+    pub http_request_timeout: Duration,
+    /// HTTP body limit, bytes.
+    pub http_max_body: usize,
+    /// Largest publish batch.
+    pub max_batch: usize,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter.
+    pub log_level: String,
+    /// Mount /ws/echo.
+    pub ws_echo: bool,
+}
+
+/// A configuration value that cannot be used. Displayed as one line naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {key}: {problem}")]
+pub struct ConfigError {
+    /// The key, in kebab-case as on the command line.
+    pub key: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn err(key: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// Descriptors kept back from the connection cap for HTTP, the database and collectors.
+pub const FD_RESERVE: usize = 512;
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 12080,
+            data_dir: PathBuf::from("./data"),
+            environment: "production".into(),
+            ws_ping_interval: Duration::from_secs(30),
+            ws_pong_timeout: Duration::from_secs(10),
+            ws_queue: 256,
+            ws_max_message: 64 * 1024,
+            ws_write_timeout: Duration::from_secs(10),
+            ws_send_buffer: 256 * 1024,
+            ws_read_buffer: 4 * 1024,
+            ws_rate_limit: 50,
+            ws_rate_burst: 100,
+            max_connections: default_max_connections(),
+            history: 10_000,
+            heartbeat_interval: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(30),
+            http_request_timeout: Duration::from_secs(30),
+            http_max_body: 1024 * 1024,
+            max_batch: 1000,
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+            ws_echo: false,
+        }
+    }
+}
+
+/// The process's open-file soft limit, from /proc (no unsafe, no libc).
+pub fn open_file_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&text)
+}
+
+fn parse_open_file_limit(limits: &str) -> Option<usize> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    if soft == "unlimited" {
+        Some(usize::MAX)
+    } else {
+        soft.parse().ok()
+    }
+}
+
+fn default_max_connections() -> usize {
+    match open_file_limit() {
+        Some(n) => n.saturating_sub(FD_RESERVE).max(16),
+        None => 10_000,
+    }
+}
+
+/// Where configuration values come from, lowest precedence first.
+struct Layers<'a> {
+    file: toml::Table,
+    env: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Layers<'_> {
+    /// The highest-precedence text for `key` (kebab-case), if any layer sets it.
+    fn get(&self, key: &str, flag: &Option<String>) -> Result<Option<String>, ConfigError> {
+        if let Some(v) = flag {
+            return Ok(Some(v.clone()));
+        }
+        let env_key = format!("SIGMAVAULT_{}", key.replace('-', "_").to_uppercase());
+        if let Some(v) = (self.env)(&env_key) {
+            return Ok(Some(v));
+        }
+        let snake = key.replace('-', "_");
+        let value = self.file.get(key).or_else(|| self.file.get(&snake));
+        match value {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+            Some(toml::Value::Integer(i)) => Ok(Some(i.to_string())),
+            Some(toml::Value::Float(f)) => Ok(Some(f.to_string())),
+            Some(toml::Value::Boolean(b)) => Ok(Some(b.to_string())),
+            Some(_) => Err(err(
+                key,
+                "must be a string, number or boolean in the config file",
+            )),
+        }
+    }
+}
+
+/// Keys a config file may use (kebab-case; snake_case accepted).
+const KEYS: &[&str] = &[
+    "host",
+    "port",
+    "data-dir",
+    "environment",
+    "ws-ping-interval",
+    "ws-pong-timeout",
+    "ws-queue",
+    "ws-max-message",
+    "ws-write-timeout",
+    "ws-send-buffer",
+    "ws-read-buffer",
+    "ws-rate-limit",
+    "ws-rate-burst",
+    "max-connections",
+    "history",
+    "heartbeat-interval",
+    "shutdown-grace",
+    "http-idle-timeout",
+    "http-request-timeout",
+    "http-max-body",
+    "max-batch",
+    "log-format",
+    "log-level",
+    "ws-echo",
+];
+
+impl Config {
+    /// Layers defaults, the TOML file named by `--config`, the environment (through
+    /// `env`) and the flags, then validates the result.
+    pub fn load(
+        args: &ServeArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let config_path = args
+            .config
+            .clone()
+            .or_else(|| env("SIGMAVAULT_CONFIG").map(PathBuf::from));
+        let file = match &config_path {
+            Some(path) => read_toml(path)?,
+            None => toml::Table::new(),
+        };
+        let layers = Layers { file, env };
+        let mut c = Config::default();
+        macro_rules! set {
+            ($field:ident, $key:literal, $parse:expr) => {
+                if let Some(text) = layers.get($key, &args.$field)? {
+                    c.$field = $parse(text.trim()).map_err(|problem: String| err($key, problem))?;
+                }
+            };
+        }
+        set!(host, "host", |s: &str| IpAddr::from_str(s)
+            .map_err(|_| format!("{s:?} is not an IP address")));
+        set!(port, "port", |s: &str| s
+            .parse::<u16>()
+            .map_err(|_| format!("{s:?} is not a port number (0-65535)")));
+        set!(data_dir, "data-dir", |s: &str| nonempty(s)
+            .map(PathBuf::from));
+        set!(environment, "environment", |s: &str| nonempty(s)
+            .map(str::to_owned));
+        set!(ws_ping_interval, "ws-ping-interval", duration);
+        set!(ws_pong_timeout, "ws-pong-timeout", duration);
+        set!(ws_queue, "ws-queue", |s| count(s, 1, 1_000_000));
+        set!(ws_max_message, "ws-max-message", |s| size(s, 256, 64 << 20));
+        set!(ws_write_timeout, "ws-write-timeout", duration);
+        set!(ws_send_buffer, "ws-send-buffer", |s| size(
+            s,
+            4096,
+            64 << 20
+        ));
+        set!(ws_read_buffer, "ws-read-buffer", |s| size(s, 256, 16 << 20));
+        set!(ws_rate_limit, "ws-rate-limit", |s| count(s, 1, 1_000_000)
+            .map(|n| n as u32));
+        set!(ws_rate_burst, "ws-rate-burst", |s| count(s, 1, 1_000_000)
+            .map(|n| n as u32));
+        set!(max_connections, "max-connections", |s| count(
+            s, 1, 10_000_000
+        ));
+        set!(history, "history", |s| count(s, 0, 100_000_000));
+        set!(heartbeat_interval, "heartbeat-interval", duration);
+        set!(shutdown_grace, "shutdown-grace", duration);
+        set!(http_idle_timeout, "http-idle-timeout", duration);
+        set!(http_request_timeout, "http-request-timeout", duration);
+        set!(http_max_body, "http-max-body", |s| size(s, 1024, 1 << 30));
+        set!(max_batch, "max-batch", |s| count(s, 1, 100_000));
+        set!(log_format, "log-format", |s: &str| match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("{other:?} is not one of: text, json")),
+        });
+        set!(log_level, "log-level", |s: &str| nonempty(s)
+            .map(str::to_owned));
+        set!(ws_echo, "ws-echo", |s: &str| s
+            .parse::<bool>()
+            .map_err(|_| format!("{s:?} is not true or false")));
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(limit) = open_file_limit()
+            && self.max_connections > limit.saturating_sub(FD_RESERVE / 4)
+        {
+            return Err(err(
+                "max-connections",
+                format!(
+                    "{} leaves too few descriptors: the open-file limit is {limit}",
+                    self.max_connections
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The address to bind.
+    pub fn listen_addr(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.host, self.port)
+    }
+}
+
+fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        err("config", format!("{}: {}", path.display(), e.message()))
+    })?;
+    for key in table.keys() {
+        let kebab = key.replace('_', "-");
+        if !KEYS.contains(&kebab.as_str()) {
+            return Err(err(key, format!("unknown key in {}", path.display())));
+        }
+    }
+    Ok(table)
+}
+
+fn nonempty(s: &str) -> Result<&str, String> {
+    if s.is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(s)
+    }
+}
+
+/// Parses `250ms`, `30s`, `5m`, `1h` (humantime syntax); zero is refused.
+pub fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 30s, 5m)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    if d > Duration::from_secs(7 * 24 * 3600) {
+        return Err(format!("{s:?} is longer than 7 days"));
+    }
+    Ok(d)
+}
+
+fn count(s: &str, min: usize, max: usize) -> Result<usize, String> {
+    let n: usize = s
+        .replace('_', "")
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number"))?;
+    if n < min || n > max {
+        return Err(format!("{n} is outside {min}..={max}"));
+    }
+    Ok(n)
+}
+
+/// Parses a byte size: `65536`, `64KiB`, `64KB`, `1MiB`, `1M` (K/M/G are binary).
+pub fn size(s: &str, min: usize, max: usize) -> Result<usize, String> {
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits_end);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 65536, 64KiB, 1MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("{s:?} has an unknown unit (use B, KiB, MiB, GiB)")),
+    };
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))?;
+    if bytes < min || bytes > max {
+        return Err(format!("{bytes} bytes is outside {min}..={max}"));
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(args: ServeArgs, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(&args, &|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load(ServeArgs::default(), &[]).unwrap();
+        assert_eq!(c.port, 12080);
+        assert_eq!(c.ws_ping_interval, Duration::from_secs(30));
+        assert_eq!(c.ws_max_message, 65536);
+        assert_eq!(c.history, 10_000);
+    }
+
+    #[test]
+    fn precedence_file_env_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "port = 1000\nws_queue = 10\nws-pong-timeout = \"2s\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            ..Default::default()
+        };
+        let c = load(args.clone(), &[]).unwrap();
+        assert_eq!(
+            (c.port, c.ws_queue, c.ws_pong_timeout),
+            (1000, 10, Duration::from_secs(2))
+        );
+        let c = load(args.clone(), &[("SIGMAVAULT_PORT", "2000")]).unwrap();
+        assert_eq!((c.port, c.ws_queue), (2000, 10));
+        let args = ServeArgs {
+            port: Some("3000".into()),
+            ..args
+        };
+        let c = load(args, &[("SIGMAVAULT_PORT", "2000")]).unwrap();
+        assert_eq!(c.port, 3000);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load(
+            ServeArgs {
+                ws_ping_interval: Some("soon".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "ws-ping-interval");
+        assert!(
+            e.to_string()
+                .starts_with("invalid configuration: ws-ping-interval:")
+        );
+        let e = load(ServeArgs::default(), &[("SIGMAVAULT_WS_QUEUE", "0")]).unwrap_err();
+        assert_eq!(e.key, "ws-queue");
+        let e = load(
+            ServeArgs {
+                log_format: Some("xml".into()),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "log-format");
+    }
+
+    #[test]
+    fn unknown_file_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "prot = 1\n").unwrap();
+        let e = load(
+            ServeArgs {
+                config: Some(file),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "prot");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(size("64KiB", 0, usize::MAX), Ok(65536));
+        assert_eq!(size("1M", 0, usize::MAX), Ok(1 << 20));
+        assert!(size("12furlongs", 0, usize::MAX).is_err());
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
+        assert!(duration("0s").is_err());
+    }
+
+    #[test]
+    fn parses_proc_limits() {
+        let text = "Limit                     Soft Limit           Hard Limit           Units\nMax open files            20000                20000                files\n";
+        assert_eq!(parse_open_file_limit(text), Some(20000));
+    }
+}

@@ -1,0 +1,122 @@
+//! `ApiError`: every REST failure, mapped once to a status and the JSON body
+//! `{"error":{"code":"…","message":"…"}}`. The match is exhaustive so a new
+//! variant cannot ship without a status and a stable code.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use sigmavault_proto::ErrorBody;
+
+use crate::hub::PublishError;
+use crate::hub::ws::UpgradeError;
+
+/// A REST error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// No such route.
+    #[error("no route for {0}")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("method {0} is not allowed here")]
+    MethodNotAllowed(String),
+    /// The body is not valid JSON of the expected shape.
+    #[error("{0}")]
+    BadJson(String),
+    /// A field is invalid.
+    #[error("{0}")]
+    InvalidEvent(String),
+    /// The body is larger than the limit.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// The batch has too many events.
+    #[error("a batch may hold at most {0} events")]
+    TooManyEvents(usize),
+    /// Wrong or missing Content-Type.
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    /// A WebSocket upgrade problem.
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
+    /// The request took longer than the request timeout.
+    #[error("the request took too long")]
+    Timeout,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+    /// Anything unexpected; the message is logged, never sent.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::ShuttingDown => ApiError::ShuttingDown,
+        }
+    }
+}
+
+impl ApiError {
+    /// Status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "bad_json"),
+            ApiError::InvalidEvent(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_event"),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::TooManyEvents(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_events"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::Upgrade(UpgradeError::NotUpgrade) => {
+                (StatusCode::UPGRADE_REQUIRED, "upgrade_required")
+            }
+            ApiError::Upgrade(UpgradeError::BadVersion) => (
+                StatusCode::UPGRADE_REQUIRED,
+                "unsupported_websocket_version",
+            ),
+            ApiError::Upgrade(UpgradeError::BadKey) => {
+                (StatusCode::BAD_REQUEST, "bad_websocket_key")
+            }
+            ApiError::Upgrade(UpgradeError::BadQuery(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            ApiError::Upgrade(UpgradeError::Unavailable) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections")
+            }
+            ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
+            ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(detail, "internal error while serving a request");
+        }
+        let body = ErrorBody::new(code, self.to_string());
+        let mut response = (status, axum::Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Upgrade(UpgradeError::NotUpgrade) => {
+                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+            }
+            ApiError::Upgrade(UpgradeError::BadVersion) => {
+                headers.insert(
+                    header::SEC_WEBSOCKET_VERSION,
+                    HeaderValue::from_static("13"),
+                );
+            }
+            ApiError::Upgrade(UpgradeError::Unavailable) | ApiError::ShuttingDown => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            _ => {}
+        }
+        response
+    }
+}

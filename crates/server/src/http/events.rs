@@ -1,0 +1,123 @@
+//! `POST /api/v1/events`: publish one event or an all-or-nothing batch.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::IntoResponse;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use sigmavault_proto::pattern::validate_type;
+use sigmavault_proto::topic_info;
+
+use super::AppState;
+use super::error::ApiError;
+use crate::hub::NewEvent;
+
+/// Largest encoded `data` of one event, in bytes.
+pub const MAX_EVENT_DATA: usize = 64 * 1024;
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PublishBody {
+    Batch { events: Vec<Value> },
+    One(Value),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventIn {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    data: Option<Value>,
+}
+
+fn validate(index: Option<usize>, raw: Value) -> Result<NewEvent, ApiError> {
+    let at = |field: &str| match index {
+        Some(i) => format!("events[{i}].{field}"),
+        None => field.to_owned(),
+    };
+    let ev: EventIn = serde_json::from_value(raw).map_err(|e| {
+        ApiError::InvalidEvent(format!(
+            "{}: expected {{\"type\": string, \"data\": object}}: {e}",
+            at("event")
+        ))
+    })?;
+    validate_type(&ev.kind)
+        .map_err(|why| ApiError::InvalidEvent(format!("{}: {why}", at("type"))))?;
+    if !topic_info(&ev.kind).publishable {
+        return Err(ApiError::InvalidEvent(format!(
+            "{}: {:?} is the server's own; only custom.* and notification may be published",
+            at("type"),
+            ev.kind
+        )));
+    }
+    let data = ev.data.unwrap_or_else(|| json!({}));
+    if !data.is_object() {
+        return Err(ApiError::InvalidEvent(format!(
+            "{}: must be a JSON object",
+            at("data")
+        )));
+    }
+    let size = data.to_string().len();
+    if size > MAX_EVENT_DATA {
+        return Err(ApiError::InvalidEvent(format!(
+            "{}: {size} bytes is larger than {MAX_EVENT_DATA}",
+            at("data")
+        )));
+    }
+    Ok(NewEvent {
+        kind: ev.kind,
+        data,
+    })
+}
+
+/// Publishes; answers 202 with the assigned seqs.
+pub(crate) async fn publish(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<impl IntoResponse, ApiError> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let limit = app.config.http_max_body;
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
+    let parsed: PublishBody = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::BadJson(format!("request body is not JSON: {e}")))?;
+    let events = match parsed {
+        PublishBody::Batch { events } => {
+            if events.is_empty() {
+                return Err(ApiError::InvalidEvent("events: the batch is empty".into()));
+            }
+            if events.len() > app.config.max_batch {
+                return Err(ApiError::TooManyEvents(app.config.max_batch));
+            }
+            events
+                .into_iter()
+                .enumerate()
+                .map(|(i, raw)| validate(Some(i), raw))
+                .collect::<Result<Vec<_>, _>>()?
+        }
+        PublishBody::One(raw) => vec![validate(None, raw)?],
+    };
+    let seqs: Vec<u64> = app.hub.publish(events)?.into_iter().flatten().collect();
+    let body = if let [seq] = seqs.as_slice() {
+        json!({"seq": seq, "seqs": seqs, "epoch": app.hub.epoch()})
+    } else {
+        json!({"seqs": seqs, "epoch": app.hub.epoch()})
+    };
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}

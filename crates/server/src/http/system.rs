@@ -1,0 +1,77 @@
+//! Health, readiness and build information.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::json;
+
+use super::AppState;
+
+/// `GET /api/v1/health`: 200 with `ok` or `degraded` and each component's state;
+/// 503 only when the server cannot serve (shutting down).
+pub(crate) async fn health(State(app): State<AppState>) -> impl IntoResponse {
+    let hub = &app.hub;
+    let closing = hub.is_closing();
+    let clients = hub.client_count();
+    let at_capacity = clients >= hub.config().max_connections;
+    let hub_status = if closing {
+        "down"
+    } else if at_capacity {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let overall = match hub_status {
+        "ok" => "ok",
+        "degraded" => "degraded",
+        _ => "down",
+    };
+    let status = if closing {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    let body = json!({
+        "status": overall,
+        "components": {
+            "hub": {
+                "status": hub_status,
+                "clients": clients,
+                "max_connections": hub.config().max_connections,
+                "seq": hub.head(),
+            },
+        },
+    });
+    (status, Json(body))
+}
+
+/// `GET /api/v1/ready`: 200 once serving, 503 while shutting down.
+pub(crate) async fn ready(State(app): State<AppState>) -> impl IntoResponse {
+    if app.hub.is_closing() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "shutting_down"})),
+        )
+    } else {
+        (StatusCode::OK, Json(json!({"ready": true})))
+    }
+}
+
+/// `GET /api/v1/info`: name, version, environment, start time and uptime.
+pub(crate) async fn info(State(app): State<AppState>) -> impl IntoResponse {
+    Json(json!({
+        "name": "sigmavault",
+        "version": crate::VERSION,
+        "protocol_version": sigmavault_proto::PROTOCOL_VERSION,
+        "environment": app.config.environment,
+        "started_at": app.started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "uptime_seconds": app.started.elapsed().as_secs(),
+        "epoch": app.hub.epoch(),
+    }))
+}
+
+/// `GET /api/v1/hub`: hub statistics.
+pub(crate) async fn hub_stats(State(app): State<AppState>) -> impl IntoResponse {
+    Json(app.hub.stats())
+}

@@ -1,0 +1,93 @@
+//! Keep-alive for every connection from one shared timer.
+//!
+//! Per-connection timers cost a wake-up each per interval; with tens of
+//! thousands of idle clients one sweeper walking the session table is far
+//! cheaper. Each tick it asks for a ping where one is due, closes peers that
+//! have been silent for ping interval + pong timeout (4000), and aborts
+//! connections whose socket write has made no progress for the write timeout.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use sigmavault_proto::CloseCode;
+
+use super::Hub;
+
+/// How often the sweeper runs: a quarter of the shortest deadline it enforces,
+/// so deadlines are met within 25 % (bounded to 10 ms..1 s).
+fn tick(hub: &Hub) -> Duration {
+    let c = hub.config();
+    (c.ping_interval.min(c.pong_timeout).min(c.write_timeout) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1))
+}
+
+/// Runs until shutdown.
+pub(super) async fn sweeper(hub: Hub, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(tick(&hub));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => sweep(&hub),
+        }
+    }
+}
+
+fn sweep(hub: &Hub) {
+    let cfg = hub.config();
+    let now = hub.now_ms();
+    let ping_ms = cfg.ping_interval.as_millis() as u64;
+    let dead_ms = ping_ms + cfg.pong_timeout.as_millis() as u64;
+    let stall_ms = cfg.write_timeout.as_millis() as u64;
+    let counters = hub.counters();
+    for s in hub.inner.sessions.read().values() {
+        let silent = now.saturating_sub(s.last_seen_ms.load(Ordering::Relaxed));
+        if silent > dead_ms {
+            if s.with_outbox(|o| {
+                o.request_close(
+                    CloseCode::KeepaliveTimeout,
+                    format!("silent for {silent} ms"),
+                )
+            }) {
+                counters.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(client_id = %s.client_id, silent_ms = silent, "peer stopped answering pings; closing with 4000");
+            }
+        } else if now.saturating_sub(s.last_ping_ms.load(Ordering::Relaxed)) >= ping_ms {
+            s.last_ping_ms.store(now, Ordering::Relaxed);
+            s.with_outbox(|o| o.ping_due = true);
+        }
+        let started = s.write_started_ms.load(Ordering::Relaxed);
+        if started != 0 && now.saturating_sub(started) > stall_ms && !s.abort.is_cancelled() {
+            counters.write_stalls.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                client_id = %s.client_id,
+                stalled_ms = now - started,
+                last_seq = s.last_delivered_seq.load(Ordering::Relaxed),
+                "socket write made no progress; dropping the connection"
+            );
+            s.abort.cancel();
+        }
+    }
+}
+
+/// Publishes the `heartbeat` state message every heartbeat interval.
+pub(super) async fn heartbeat(hub: Hub, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(hub.config().heartbeat_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {}
+        }
+        let data = serde_json::json!({
+            "server_time": super::timestamp(),
+            "clients": hub.client_count(),
+            "seq": hub.head(),
+        });
+        if hub.publish_one("heartbeat", data).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,285 @@
+//! What one connection still has to send: the meeting point of the publish path
+//! (many writers, never blocking) and the connection's writer task (one reader).
+//!
+//! A plain `Mutex` + `Waker` instead of a channel: state messages must be
+//! conflated in place (latest value per topic and key), unsubscribing must purge
+//! queued messages, and a replay must be able to switch to live delivery
+//! atomically. An empty outbox allocates nothing, which keeps idle connections small.
+
+use std::collections::VecDeque;
+use std::task::Waker;
+
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+
+use sigmavault_proto::{CloseCode, SubscriptionSet};
+
+/// An event-class frame: its seq, its type (for purges) and the shared encoded bytes.
+#[derive(Clone, Debug)]
+pub(crate) struct EventFrame {
+    pub(crate) seq: u64,
+    pub(crate) kind: std::sync::Arc<str>,
+    pub(crate) bytes: Utf8Bytes,
+}
+
+/// A state-class frame; `key` is the subject within the topic (disk, job), if any.
+#[derive(Clone, Debug)]
+pub(crate) struct StateFrame {
+    pub(crate) kind: std::sync::Arc<str>,
+    pub(crate) key: Option<std::sync::Arc<str>>,
+    pub(crate) bytes: Utf8Bytes,
+}
+
+/// Why and how the connection is to be closed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct CloseRequest {
+    pub(crate) code: CloseCode,
+    pub(crate) reason: String,
+    /// The peer closed (or vanished): only flush tungstenite's automatic reply.
+    pub(crate) by_peer: bool,
+}
+
+/// Whether event-class messages flow live or come from the history.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The publish path queues events here.
+    Live,
+    /// The writer streams the history from `cursor`; the publish path skips events.
+    Replaying {
+        epoch: String,
+        since: u64,
+        cursor: u64,
+        replayed: u64,
+    },
+}
+
+/// The pending work of one connection. Guarded by the session's mutex.
+pub(crate) struct Outbox {
+    /// Replies and per-connection frames (welcome, subscribed, error, pong, echo).
+    pub(crate) control: VecDeque<Message>,
+    /// Latest value per (topic, key); replaced in place, never grows past the set of subjects.
+    pub(crate) state: Vec<StateFrame>,
+    /// Event-class frames in seq order; bounded by `limit`.
+    pub(crate) events: VecDeque<EventFrame>,
+    /// Bound of `events` (`--ws-queue`).
+    pub(crate) limit: usize,
+    pub(crate) mode: Mode,
+    /// The sweeper asked for a WebSocket ping.
+    pub(crate) ping_due: bool,
+    /// Set once; the writer sends it after flushing what is already owed (or at once for 4008).
+    pub(crate) close: Option<CloseRequest>,
+    /// The writer task, parked waiting for work.
+    pub(crate) waker: Option<Waker>,
+}
+
+/// One round of work for the writer task.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub(crate) control: VecDeque<Message>,
+    pub(crate) state: Vec<StateFrame>,
+    pub(crate) events: VecDeque<EventFrame>,
+    pub(crate) ping: bool,
+    pub(crate) close: Option<CloseRequest>,
+    /// Replaying: stream the next history chunk after this seq.
+    pub(crate) replay_cursor: Option<u64>,
+}
+
+/// The outcome of queueing events for one connection.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Push {
+    /// Queued (or skipped because closing or replaying); the writer may need waking.
+    Queued,
+    /// The queue overflowed just now: the connection is being closed with 4008.
+    Overflowed,
+}
+
+impl Outbox {
+    pub(crate) fn new(limit: usize) -> Self {
+        Outbox {
+            control: VecDeque::new(),
+            state: Vec::new(),
+            events: VecDeque::new(),
+            limit,
+            mode: Mode::Live,
+            ping_due: false,
+            close: None,
+            waker: None,
+        }
+    }
+
+    /// Whether the writer has anything to do.
+    pub(crate) fn has_work(&self) -> bool {
+        !self.control.is_empty()
+            || !self.state.is_empty()
+            || !self.events.is_empty()
+            || self.ping_due
+            || self.close.is_some()
+            || matches!(self.mode, Mode::Replaying { .. })
+    }
+
+    /// Takes the waker if there is work for it (call `wake` after unlocking).
+    pub(crate) fn take_waker(&mut self) -> Option<Waker> {
+        if self.has_work() {
+            self.waker.take()
+        } else {
+            None
+        }
+    }
+
+    /// Queues event-class frames from the publish path.
+    pub(crate) fn push_events<'a>(
+        &mut self,
+        frames: impl IntoIterator<Item = &'a EventFrame>,
+    ) -> Push {
+        if self.close.is_some() || matches!(self.mode, Mode::Replaying { .. }) {
+            return Push::Queued;
+        }
+        for f in frames {
+            if self.events.len() >= self.limit {
+                self.events = VecDeque::new();
+                self.close = Some(CloseRequest {
+                    code: CloseCode::SlowConsumer,
+                    reason: String::new(),
+                    by_peer: false,
+                });
+                return Push::Overflowed;
+            }
+            self.events.push_back(f.clone());
+        }
+        Push::Queued
+    }
+
+    /// Replaces the pending value of the same topic and key, or adds it.
+    pub(crate) fn push_state(&mut self, frame: StateFrame) {
+        if self.close.is_some() {
+            return;
+        }
+        match self
+            .state
+            .iter_mut()
+            .find(|s| s.kind == frame.kind && s.key == frame.key)
+        {
+            Some(slot) => *slot = frame,
+            None => self.state.push(frame),
+        }
+    }
+
+    /// Queues a per-connection frame.
+    pub(crate) fn push_control(&mut self, msg: Message) {
+        if self.close.is_none() {
+            self.control.push_back(msg);
+        }
+    }
+
+    /// Asks the writer to close; the first request wins. Returns whether this one did.
+    pub(crate) fn request_close(&mut self, code: CloseCode, reason: impl Into<String>) -> bool {
+        if self.close.is_some() {
+            return false;
+        }
+        self.close = Some(CloseRequest {
+            code,
+            reason: reason.into(),
+            by_peer: false,
+        });
+        true
+    }
+
+    /// The peer sent a close frame or went away: the writer only flushes the reply.
+    pub(crate) fn peer_closed(&mut self) {
+        if self.close.is_none() {
+            self.close = Some(CloseRequest {
+                code: CloseCode::Normal,
+                reason: String::new(),
+                by_peer: true,
+            });
+        }
+    }
+
+    /// Takes everything the writer should send now.
+    pub(crate) fn take_batch(&mut self) -> Batch {
+        let close = self.close.clone();
+        if close
+            .as_ref()
+            .is_some_and(|c| c.code == CloseCode::SlowConsumer)
+        {
+            // The client is behind: close at once rather than after a backlog it cannot read.
+            return Batch {
+                close,
+                ..Batch::default()
+            };
+        }
+        let replay_cursor = match &self.mode {
+            Mode::Replaying { cursor, .. } if close.is_none() => Some(*cursor),
+            _ => None,
+        };
+        Batch {
+            control: std::mem::take(&mut self.control),
+            state: std::mem::take(&mut self.state),
+            events: std::mem::take(&mut self.events),
+            ping: std::mem::take(&mut self.ping_due),
+            close,
+            replay_cursor,
+        }
+    }
+
+    /// Drops queued messages the new subscription set no longer matches.
+    pub(crate) fn purge_unsubscribed(&mut self, subs: &SubscriptionSet) {
+        self.events.retain(|e| subs.matches(&e.kind));
+        self.state.retain(|s| subs.matches(&s.kind));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn ev(seq: u64) -> EventFrame {
+        EventFrame {
+            seq,
+            kind: Arc::from("custom.x"),
+            bytes: Utf8Bytes::from(format!("{seq}")),
+        }
+    }
+
+    #[test]
+    fn overflow_closes_with_4008_and_frees_queue() {
+        let mut o = Outbox::new(3);
+        assert_eq!(o.push_events(&[ev(1), ev(2), ev(3)]), Push::Queued);
+        assert_eq!(o.push_events(&[ev(4)]), Push::Overflowed);
+        assert!(o.events.is_empty());
+        assert_eq!(
+            o.close.as_ref().map(|c| c.code),
+            Some(CloseCode::SlowConsumer)
+        );
+        assert_eq!(o.push_events(&[ev(5)]), Push::Queued);
+        assert!(o.events.is_empty());
+    }
+
+    #[test]
+    fn state_conflates_per_key() {
+        let mut o = Outbox::new(3);
+        let st = |key: Option<&str>, v: &str| StateFrame {
+            kind: Arc::from("compression.update"),
+            key: key.map(Arc::from),
+            bytes: Utf8Bytes::from(v.to_owned()),
+        };
+        o.push_state(st(Some("a"), "1"));
+        o.push_state(st(Some("b"), "1"));
+        o.push_state(st(Some("a"), "2"));
+        assert_eq!(o.state.len(), 2);
+        assert_eq!(o.state[0].bytes.as_str(), "2");
+    }
+
+    #[test]
+    fn replaying_skips_live_events() {
+        let mut o = Outbox::new(3);
+        o.mode = Mode::Replaying {
+            epoch: "e".into(),
+            since: 0,
+            cursor: 0,
+            replayed: 0,
+        };
+        o.push_events(&[ev(1)]);
+        assert!(o.events.is_empty());
+    }
+}

@@ -1,0 +1,94 @@
+//! One connection as the hub sees it: its outbox, subscriptions and liveness clocks.
+//!
+//! The socket itself is owned by the connection's reader and writer tasks
+//! (`connection.rs`); everything here is what other parts of the server may
+//! touch without awaiting that socket.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use sigmavault_proto::SubscriptionSet;
+
+use super::outbox::Outbox;
+
+/// What kind of endpoint the connection serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SessionKind {
+    /// `/ws`: the event hub protocol.
+    Events,
+    /// `/ws/echo`: echoes every message (conformance testing only).
+    Echo,
+}
+
+/// The shared half of a connection.
+pub(crate) struct Session {
+    /// Registry key (dense, cheap to hash).
+    pub(crate) id: u64,
+    /// The id announced to the client in `welcome` and used in logs.
+    pub(crate) client_id: Uuid,
+    pub(crate) kind: SessionKind,
+    /// Pending frames. A mutex (not a channel) because state frames are conflated in
+    /// place and replay switches to live under it; held only for pushes and takes.
+    pub(crate) outbox: Mutex<Outbox>,
+    /// Patterns this client receives. Changed only under the hub's publish lock,
+    /// so a publish sees either the old or the new set, never half of a change.
+    pub(crate) subs: Mutex<SubscriptionSet>,
+    /// Hub-clock milliseconds of the last frame received (any frame counts as alive).
+    pub(crate) last_seen_ms: AtomicU64,
+    /// Hub-clock milliseconds of the last ping the sweeper asked for.
+    pub(crate) last_ping_ms: AtomicU64,
+    /// Hub-clock milliseconds when the current socket write began; 0 when idle.
+    /// The sweeper aborts connections whose write makes no progress.
+    pub(crate) write_started_ms: AtomicU64,
+    /// The highest seq written to the socket (reported in the 4008 close reason).
+    pub(crate) last_delivered_seq: AtomicU64,
+    /// Aborts both tasks at once without a close handshake: stalled writes, and
+    /// connections still open when the shutdown grace period ends.
+    pub(crate) abort: CancellationToken,
+}
+
+impl Session {
+    pub(crate) fn new(
+        id: u64,
+        kind: SessionKind,
+        subs: SubscriptionSet,
+        queue_limit: usize,
+        now_ms: u64,
+        abort: CancellationToken,
+    ) -> Arc<Session> {
+        Arc::new(Session {
+            id,
+            client_id: Uuid::new_v4(),
+            kind,
+            outbox: Mutex::new(Outbox::new(queue_limit)),
+            subs: Mutex::new(subs),
+            last_seen_ms: AtomicU64::new(now_ms),
+            last_ping_ms: AtomicU64::new(now_ms),
+            write_started_ms: AtomicU64::new(0),
+            last_delivered_seq: AtomicU64::new(0),
+            abort,
+        })
+    }
+
+    /// Runs `f` on the outbox and wakes the writer if it now has work.
+    pub(crate) fn with_outbox<R>(&self, f: impl FnOnce(&mut Outbox) -> R) -> R {
+        let (result, waker) = {
+            let mut outbox = self.outbox.lock();
+            let result = f(&mut outbox);
+            (result, outbox.take_waker())
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        result
+    }
+
+    /// Records that the peer is alive.
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.last_seen_ms.store(now_ms, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,175 @@
+//! The HTTP side of a WebSocket: validating the upgrade request, answering 101,
+//! and handing the upgraded socket to a connection task.
+//!
+//! We do the RFC 6455 handshake ourselves (it is a few header checks) instead of
+//! using axum's extractor, so that the tungstenite configuration, the error
+//! answers (426, 400, 503 with JSON bodies) and the connection cap are ours.
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use super::Hub;
+use super::session::SessionKind;
+
+/// Largest message the echo endpoint accepts (the Autobahn cases go up to 16 MiB).
+const ECHO_MAX_MESSAGE: usize = 32 << 20;
+
+/// Why an upgrade request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum UpgradeError {
+    /// Not a WebSocket upgrade at all (a plain GET).
+    #[error(
+        "this endpoint speaks WebSocket only: send an upgrade request (Connection: Upgrade, Upgrade: websocket)"
+    )]
+    NotUpgrade,
+    /// A WebSocket version other than 13.
+    #[error("unsupported Sec-WebSocket-Version; only 13 is supported")]
+    BadVersion,
+    /// Missing or malformed `Sec-WebSocket-Key`.
+    #[error("missing or malformed Sec-WebSocket-Key")]
+    BadKey,
+    /// Malformed `epoch`/`since` query.
+    #[error("{0}")]
+    BadQuery(String),
+    /// The connection cap is reached or the server is shutting down.
+    #[error("the server is at its connection limit or shutting down; retry later")]
+    Unavailable,
+}
+
+fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Parses `?epoch=E&since=N` (both or neither).
+fn parse_resume_query(query: Option<&str>) -> Result<Option<(String, u64)>, UpgradeError> {
+    let (mut epoch, mut since) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "epoch" => epoch = Some(v.to_owned()),
+            "since" => {
+                since = Some(v.parse::<u64>().map_err(|_| {
+                    UpgradeError::BadQuery(format!(
+                        "since must be a non-negative integer, got {v:?}"
+                    ))
+                })?)
+            }
+            _ => {}
+        }
+    }
+    match (epoch, since) {
+        (Some(e), Some(s)) => Ok(Some((e, s))),
+        (None, None) => Ok(None),
+        _ => Err(UpgradeError::BadQuery(
+            "epoch and since must be given together".into(),
+        )),
+    }
+}
+
+/// Validates the upgrade, answers 101 and spawns the connection.
+pub fn upgrade(
+    hub: &Hub,
+    echo: bool,
+    mut req: Request<Body>,
+) -> Result<Response<Body>, UpgradeError> {
+    let headers = req.headers();
+    if !header_has_token(headers, header::CONNECTION, "upgrade")
+        || !header_has_token(headers, header::UPGRADE, "websocket")
+    {
+        return Err(UpgradeError::NotUpgrade);
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        return Err(UpgradeError::BadVersion);
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(UpgradeError::BadKey)?;
+    if key.len() != 24 {
+        return Err(UpgradeError::BadKey);
+    }
+    let accept = derive_accept_key(key.as_bytes());
+    let subprotocol = header_has_token(
+        headers,
+        header::SEC_WEBSOCKET_PROTOCOL,
+        sigmavault_proto::SUBPROTOCOL,
+    );
+    let resume = parse_resume_query(req.uri().query())?;
+    let admission = hub.try_admit().ok_or(UpgradeError::Unavailable)?;
+    let on_upgrade = hyper::upgrade::on(&mut req);
+
+    let cfg = hub.config();
+    let max_message = if echo {
+        ECHO_MAX_MESSAGE
+    } else {
+        cfg.max_message
+    };
+    let ws_config = WebSocketConfig::default()
+        .read_buffer_size(cfg.read_buffer)
+        .write_buffer_size(64 * 1024)
+        .max_write_buffer_size(max_message.max(1 << 20) * 2 + 64 * 1024)
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message));
+    let kind = if echo {
+        SessionKind::Echo
+    } else {
+        SessionKind::Events
+    };
+    let task_hub = hub.clone();
+    hub.inner.tracker.spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade did not complete");
+                return;
+            }
+        };
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
+                .await;
+        super::connection::run(task_hub, kind, resume, ws, admission).await;
+    });
+
+    let mut builder = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if subprotocol {
+        builder = builder.header(
+            header::SEC_WEBSOCKET_PROTOCOL,
+            HeaderValue::from_static(sigmavault_proto::SUBPROTOCOL),
+        );
+    }
+    builder
+        .body(Body::empty())
+        .map_err(|_| UpgradeError::BadKey)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_query() {
+        assert_eq!(parse_resume_query(None).unwrap(), None);
+        assert_eq!(
+            parse_resume_query(Some("epoch=e&since=4")).unwrap(),
+            Some(("e".into(), 4))
+        );
+        assert!(parse_resume_query(Some("epoch=e")).is_err());
+        assert!(parse_resume_query(Some("epoch=e&since=-1")).is_err());
+    }
+}
