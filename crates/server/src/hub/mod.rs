@@ -126,6 +126,8 @@ struct HubInner {
     /// Latest value of every state topic and key, for new subscribers.
     state: RwLock<HashMap<(Arc<str>, Option<Arc<str>>), StateFrame>>,
     counters: Counters,
+    /// The subscription set every new `/ws` connection starts with (shared).
+    default_subs: Arc<SubscriptionSet>,
     next_id: AtomicU64,
     /// Connections admitted (upgrade accepted, not yet finished).
     admitted: AtomicUsize,
@@ -187,6 +189,9 @@ impl Hub {
                 sessions: RwLock::new(HashMap::new()),
                 state: RwLock::new(HashMap::new()),
                 counters: Counters::default(),
+                default_subs: Arc::new(SubscriptionSet::from_patterns(
+                    DEFAULT_SUBSCRIPTIONS.iter().filter_map(|p| Pattern::parse(p).ok()),
+                )),
                 next_id: AtomicU64::new(1),
                 admitted: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
@@ -403,12 +408,8 @@ impl Hub {
     ) -> Arc<Session> {
         let inner = &*self.inner;
         let subs = match kind {
-            SessionKind::Events => SubscriptionSet::from_patterns(
-                DEFAULT_SUBSCRIPTIONS
-                    .iter()
-                    .filter_map(|p| Pattern::parse(p).ok()),
-            ),
-            SessionKind::Echo => SubscriptionSet::new(),
+            SessionKind::Events => inner.default_subs.clone(),
+            SessionKind::Echo => Arc::new(SubscriptionSet::new()),
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let session = Session::new(
@@ -479,7 +480,7 @@ impl Hub {
         let (before, after) = {
             let mut subs = session.subs.lock();
             let before = subs.clone();
-            subs.add(patterns);
+            Arc::make_mut(&mut subs).add(patterns);
             (before, subs.clone())
         };
         publish.subscribers.clear();
@@ -496,7 +497,7 @@ impl Hub {
         let mut publish = self.inner.publish.lock();
         let after = {
             let mut subs = session.subs.lock();
-            subs.remove(patterns);
+            Arc::make_mut(&mut subs).remove(patterns);
             subs.clone()
         };
         publish.subscribers.clear();

@@ -36,7 +36,8 @@ pub(crate) struct Session {
     pub(crate) outbox: Mutex<Outbox>,
     /// Patterns this client receives. Changed only under the hub's publish lock,
     /// so a publish sees either the old or the new set, never half of a change.
-    pub(crate) subs: Mutex<SubscriptionSet>,
+    /// Shared (copy-on-write) so the many clients on the default set hold one copy.
+    pub(crate) subs: Mutex<Arc<SubscriptionSet>>,
     /// Hub-clock milliseconds of the last frame received (any frame counts as alive).
     pub(crate) last_seen_ms: AtomicU64,
     /// Hub-clock milliseconds of the last ping the sweeper asked for.
@@ -55,7 +56,7 @@ impl Session {
     pub(crate) fn new(
         id: u64,
         kind: SessionKind,
-        subs: SubscriptionSet,
+        subs: Arc<SubscriptionSet>,
         queue_limit: usize,
         now_ms: u64,
         abort: CancellationToken,
