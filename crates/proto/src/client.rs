@@ -64,9 +64,7 @@ impl CommandError {
     /// The human message of the error frame.
     pub fn message(&self) -> &str {
         match self {
-            CommandError::BadJson(m)
-            | CommandError::UnknownType(m)
-            | CommandError::BadRequest(m) => m,
+            CommandError::BadJson(m) | CommandError::UnknownType(m) | CommandError::BadRequest(m) => m,
         }
     }
 }
@@ -87,16 +85,11 @@ struct ResumeData {
 impl ClientMessage {
     /// Parses the envelope. Errors are `bad_json`; the id is not known yet then.
     pub fn parse(text: &str) -> Result<ClientMessage, CommandError> {
-        let msg: ClientMessage = serde_json::from_str(text).map_err(|e| {
-            CommandError::BadJson(format!(
-                "expected {{\"type\": string, \"id\"?, \"data\"?}}: {e}"
-            ))
-        })?;
+        let msg: ClientMessage = serde_json::from_str(text)
+            .map_err(|e| CommandError::BadJson(format!("expected {{\"type\": string, \"id\"?, \"data\"?}}: {e}")))?;
         match &msg.id {
             None | Some(Value::String(_)) | Some(Value::Number(_)) => Ok(msg),
-            Some(_) => Err(CommandError::BadRequest(
-                "\"id\" must be a string or a number".into(),
-            )),
+            Some(_) => Err(CommandError::BadRequest("\"id\" must be a string or a number".into())),
         }
     }
 
@@ -106,8 +99,7 @@ impl ClientMessage {
             "subscribe" => Ok(ClientCommand::Subscribe(self.types()?)),
             "unsubscribe" => Ok(ClientCommand::Unsubscribe(self.types()?)),
             "resume" => {
-                let data: ResumeData =
-                    self.data_as("{\"epoch\": string, \"since\": integer >= 0}")?;
+                let data: ResumeData = self.data_as("{\"epoch\": string, \"since\": integer >= 0}")?;
                 Ok(ClientCommand::Resume {
                     epoch: data.epoch,
                     since: data.since,
@@ -122,21 +114,18 @@ impl ClientMessage {
     }
 
     fn data_as<T: serde::de::DeserializeOwned>(&self, shape: &str) -> Result<T, CommandError> {
-        let data = self.data.clone().ok_or_else(|| {
-            CommandError::BadRequest(format!("{}: \"data\" must be {shape}", self.kind))
-        })?;
-        serde_json::from_value(data).map_err(|e| {
-            CommandError::BadRequest(format!("{}: \"data\" must be {shape}: {e}", self.kind))
-        })
+        let data = self
+            .data
+            .clone()
+            .ok_or_else(|| CommandError::BadRequest(format!("{}: \"data\" must be {shape}", self.kind)))?;
+        serde_json::from_value(data)
+            .map_err(|e| CommandError::BadRequest(format!("{}: \"data\" must be {shape}: {e}", self.kind)))
     }
 
     fn types(&self) -> Result<Vec<Pattern>, CommandError> {
         let data: TypesData = self.data_as("{\"types\": [pattern, …]}")?;
         if data.types.is_empty() {
-            return Err(CommandError::BadRequest(format!(
-                "{}: \"types\" is empty",
-                self.kind
-            )));
+            return Err(CommandError::BadRequest(format!("{}: \"types\" is empty", self.kind)));
         }
         if data.types.len() > MAX_TYPES_PER_REQUEST {
             return Err(CommandError::BadRequest(format!(
@@ -164,15 +153,9 @@ mod tests {
     fn parses_commands() {
         assert_eq!(
             cmd(r#"{"type":"subscribe","data":{"types":["a.*","b"]}}"#).unwrap(),
-            ClientCommand::Subscribe(vec![
-                Pattern::parse("a.*").unwrap(),
-                Pattern::parse("b").unwrap()
-            ])
+            ClientCommand::Subscribe(vec![Pattern::parse("a.*").unwrap(), Pattern::parse("b").unwrap()])
         );
-        assert_eq!(
-            cmd(r#"{"type":"ping","id":7}"#).unwrap(),
-            ClientCommand::Ping
-        );
+        assert_eq!(cmd(r#"{"type":"ping","id":7}"#).unwrap(), ClientCommand::Ping);
         assert_eq!(
             cmd(r#"{"type":"resume","data":{"epoch":"e","since":5}}"#).unwrap(),
             ClientCommand::Resume {
@@ -187,18 +170,10 @@ mod tests {
         assert_eq!(cmd("nope").unwrap_err().code(), "bad_json");
         assert_eq!(cmd("[1]").unwrap_err().code(), "bad_json");
         assert_eq!(cmd(r#"{"type":5}"#).unwrap_err().code(), "bad_json");
+        assert_eq!(cmd(r#"{"type":"dance"}"#).unwrap_err().code(), "unknown_type");
+        assert_eq!(cmd(r#"{"type":"subscribe"}"#).unwrap_err().code(), "bad_request");
         assert_eq!(
-            cmd(r#"{"type":"dance"}"#).unwrap_err().code(),
-            "unknown_type"
-        );
-        assert_eq!(
-            cmd(r#"{"type":"subscribe"}"#).unwrap_err().code(),
-            "bad_request"
-        );
-        assert_eq!(
-            cmd(r#"{"type":"subscribe","data":{"types":"x"}}"#)
-                .unwrap_err()
-                .code(),
+            cmd(r#"{"type":"subscribe","data":{"types":"x"}}"#).unwrap_err().code(),
             "bad_request"
         );
         assert_eq!(
@@ -213,9 +188,6 @@ mod tests {
                 .code(),
             "bad_request"
         );
-        assert_eq!(
-            cmd(r#"{"type":"ping","id":{}}"#).unwrap_err().code(),
-            "bad_request"
-        );
+        assert_eq!(cmd(r#"{"type":"ping","id":{}}"#).unwrap_err().code(), "bad_request");
     }
 }

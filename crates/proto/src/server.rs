@@ -26,13 +26,7 @@ pub struct ServerMessage {
 }
 
 /// Encodes one message. `data` must already be JSON text (an object, usually).
-pub fn encode(
-    kind: &str,
-    timestamp: &str,
-    seq: Option<u64>,
-    id: Option<&Value>,
-    data_json: &str,
-) -> String {
+pub fn encode(kind: &str, timestamp: &str, seq: Option<u64>, id: Option<&Value>, data_json: &str) -> String {
     let mut out = String::with_capacity(kind.len() + data_json.len() + 80);
     out.push_str("{\"type\":");
     push_json_str(&mut out, kind);
@@ -145,13 +139,7 @@ mod tests {
     #[test]
     fn encode_round_trips() {
         let id = Value::from("r1");
-        let s = encode(
-            "custom.x",
-            "2026-01-01T00:00:00.000Z",
-            Some(5),
-            Some(&id),
-            r#"{"a":1}"#,
-        );
+        let s = encode("custom.x", "2026-01-01T00:00:00.000Z", Some(5), Some(&id), r#"{"a":1}"#);
         let m: ServerMessage = serde_json::from_str(&s).unwrap();
         assert_eq!(m.kind, "custom.x");
         assert_eq!(m.seq, Some(5));

@@ -31,11 +31,7 @@ pub struct TopicInfo {
     pub summary: &'static str,
 }
 
-const fn state(
-    name: &'static str,
-    key_field: Option<&'static str>,
-    summary: &'static str,
-) -> TopicInfo {
+const fn state(name: &'static str, key_field: Option<&'static str>, summary: &'static str) -> TopicInfo {
     TopicInfo {
         name,
         class: DeliveryClass::State,
@@ -58,16 +54,8 @@ const fn event(name: &'static str, summary: &'static str) -> TopicInfo {
 /// Every known type. Families (`x.*`) cover all types below that prefix.
 /// Order matters only for documentation; lookup prefers exact names.
 pub const TOPICS: &[TopicInfo] = &[
-    state(
-        "system.status",
-        None,
-        "host CPU, memory, load, uptime (latest sample)",
-    ),
-    state(
-        "system.network",
-        None,
-        "per-interface state and rates (latest sample)",
-    ),
+    state("system.status", None, "host CPU, memory, load, uptime (latest sample)"),
+    state("system.network", None, "per-interface state and rates (latest sample)"),
     state(
         "storage.update",
         None,
@@ -83,11 +71,7 @@ pub const TOPICS: &[TopicInfo] = &[
         None,
         "server time and connected clients, every heartbeat interval",
     ),
-    state(
-        "rpc_error",
-        Some("source"),
-        "why a data source is failing, per source",
-    ),
+    state("rpc_error", Some("source"), "why a data source is failing, per source"),
     state(
         "connection_error",
         Some("source"),
@@ -105,24 +89,15 @@ pub const TOPICS: &[TopicInfo] = &[
         "circuit_breaker.*",
         "a breaker changed state: .open, .half_open, .closed",
     ),
-    event(
-        "storage.share.*",
-        "a share was .added, .changed or .removed",
-    ),
+    event("storage.share.*", "a share was .added, .changed or .removed"),
     event("storage.disk.*", "a disk was .added or .removed"),
-    event(
-        "storage.filesystem.*",
-        "a filesystem was .mounted or .unmounted",
-    ),
+    event("storage.filesystem.*", "a filesystem was .mounted or .unmounted"),
     event("storage.raid.*", "an array became .degraded or .recovered"),
     event(
         "compression.*",
         "job lifecycle: .started, .completed, .failed, .cancelled",
     ),
-    event(
-        "audit.*",
-        "a security-relevant action (login, key created, …)",
-    ),
+    event("audit.*", "a security-relevant action (login, key created, …)"),
     TopicInfo {
         name: "custom.*",
         class: DeliveryClass::Event,
@@ -173,18 +148,9 @@ mod tests {
         assert_eq!(topic_info("system.status").class, DeliveryClass::State);
         assert_eq!(topic_info("compression.update").class, DeliveryClass::State);
         assert_eq!(topic_info("compression.update").key_field, Some("job_id"));
-        assert_eq!(
-            topic_info("compression.completed").class,
-            DeliveryClass::Event
-        );
-        assert_eq!(
-            topic_info("circuit_breaker.open").class,
-            DeliveryClass::Event
-        );
-        assert_eq!(
-            topic_info("storage.share.added").class,
-            DeliveryClass::Event
-        );
+        assert_eq!(topic_info("compression.completed").class, DeliveryClass::Event);
+        assert_eq!(topic_info("circuit_breaker.open").class, DeliveryClass::Event);
+        assert_eq!(topic_info("storage.share.added").class, DeliveryClass::Event);
         assert_eq!(topic_info("custom.x").class, DeliveryClass::Event);
         assert!(topic_info("custom.x").publishable);
         assert!(topic_info("notification").publishable);

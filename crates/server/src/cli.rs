@@ -24,10 +24,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         eprintln!("sigmavault: invalid configuration: log-level: {e}");
         return ExitCode::from(EXIT_CONFIG);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("sigmavault: cannot start the async runtime: {e}");
@@ -90,8 +87,7 @@ async fn wait_for_signal(shutdown: CancellationToken) {
 
 /// Logs go to stderr; stdout carries only the `listening on` line.
 fn init_tracing(config: &Config) -> Result<(), String> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&config.log_level).map_err(|e| e.to_string())?;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).map_err(|e| e.to_string())?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

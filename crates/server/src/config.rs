@@ -214,10 +214,7 @@ pub fn open_file_limit() -> Option<usize> {
 
 fn parse_open_file_limit(limits: &str) -> Option<usize> {
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    let soft = line
-        .trim_start_matches("Max open files")
-        .split_whitespace()
-        .next()?;
+    let soft = line.trim_start_matches("Max open files").split_whitespace().next()?;
     if soft == "unlimited" {
         Some(usize::MAX)
     } else {
@@ -225,9 +222,14 @@ fn parse_open_file_limit(limits: &str) -> Option<usize> {
     }
 }
 
+/// Descriptors kept back at the least, on machines with a very low limit.
+fn fd_reserve(limit: usize) -> usize {
+    FD_RESERVE.min(limit / 2)
+}
+
 fn default_max_connections() -> usize {
     match open_file_limit() {
-        Some(n) => n.saturating_sub(FD_RESERVE).max(16),
+        Some(n) => n.saturating_sub(fd_reserve(n)).max(1),
         None => 10_000,
     }
 }
@@ -256,10 +258,7 @@ impl Layers<'_> {
             Some(toml::Value::Integer(i)) => Ok(Some(i.to_string())),
             Some(toml::Value::Float(f)) => Ok(Some(f.to_string())),
             Some(toml::Value::Boolean(b)) => Ok(Some(b.to_string())),
-            Some(_) => Err(err(
-                key,
-                "must be a string, number or boolean in the config file",
-            )),
+            Some(_) => Err(err(key, "must be a string, number or boolean in the config file")),
         }
     }
 }
@@ -295,10 +294,7 @@ const KEYS: &[&str] = &[
 impl Config {
     /// Layers defaults, the TOML file named by `--config`, the environment (through
     /// `env`) and the flags, then validates the result.
-    pub fn load(
-        args: &ServeArgs,
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, ConfigError> {
+    pub fn load(args: &ServeArgs, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
         let config_path = args
             .config
             .clone()
@@ -321,28 +317,20 @@ impl Config {
         set!(port, "port", |s: &str| s
             .parse::<u16>()
             .map_err(|_| format!("{s:?} is not a port number (0-65535)")));
-        set!(data_dir, "data-dir", |s: &str| nonempty(s)
-            .map(PathBuf::from));
-        set!(environment, "environment", |s: &str| nonempty(s)
-            .map(str::to_owned));
+        set!(data_dir, "data-dir", |s: &str| nonempty(s).map(PathBuf::from));
+        set!(environment, "environment", |s: &str| nonempty(s).map(str::to_owned));
         set!(ws_ping_interval, "ws-ping-interval", duration);
         set!(ws_pong_timeout, "ws-pong-timeout", duration);
         set!(ws_queue, "ws-queue", |s| count(s, 1, 1_000_000));
         set!(ws_max_message, "ws-max-message", |s| size(s, 256, 64 << 20));
         set!(ws_write_timeout, "ws-write-timeout", duration);
-        set!(ws_send_buffer, "ws-send-buffer", |s| size(
-            s,
-            4096,
-            64 << 20
-        ));
+        set!(ws_send_buffer, "ws-send-buffer", |s| size(s, 4096, 64 << 20));
         set!(ws_read_buffer, "ws-read-buffer", |s| size(s, 256, 16 << 20));
         set!(ws_rate_limit, "ws-rate-limit", |s| count(s, 1, 1_000_000)
             .map(|n| n as u32));
         set!(ws_rate_burst, "ws-rate-burst", |s| count(s, 1, 1_000_000)
             .map(|n| n as u32));
-        set!(max_connections, "max-connections", |s| count(
-            s, 1, 10_000_000
-        ));
+        set!(max_connections, "max-connections", |s| count(s, 1, 10_000_000));
         set!(history, "history", |s| count(s, 0, 100_000_000));
         set!(heartbeat_interval, "heartbeat-interval", duration);
         set!(shutdown_grace, "shutdown-grace", duration);
@@ -355,8 +343,7 @@ impl Config {
             "json" => Ok(LogFormat::Json),
             other => Err(format!("{other:?} is not one of: text, json")),
         });
-        set!(log_level, "log-level", |s: &str| nonempty(s)
-            .map(str::to_owned));
+        set!(log_level, "log-level", |s: &str| nonempty(s).map(str::to_owned));
         set!(ws_echo, "ws-echo", |s: &str| s
             .parse::<bool>()
             .map_err(|_| format!("{s:?} is not true or false")));
@@ -366,7 +353,7 @@ impl Config {
 
     fn validate(&self) -> Result<(), ConfigError> {
         if let Some(limit) = open_file_limit()
-            && self.max_connections > limit.saturating_sub(FD_RESERVE / 4)
+            && self.max_connections > limit.saturating_sub(fd_reserve(limit) / 4)
         {
             return Err(err(
                 "max-connections",
@@ -386,11 +373,11 @@ impl Config {
 }
 
 fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-        err("config", format!("{}: {}", path.display(), e.message()))
-    })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|e| err("config", format!("cannot read {}: {e}", path.display())))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| err("config", format!("{}: {}", path.display(), e.message())))?;
     for key in table.keys() {
         let kebab = key.replace('_', "-");
         if !KEYS.contains(&kebab.as_str()) {
@@ -410,8 +397,7 @@ fn nonempty(s: &str) -> Result<&str, String> {
 
 /// Parses `250ms`, `30s`, `5m`, `1h` (humantime syntax); zero is refused.
 pub fn duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 30s, 5m)"))?;
+    let d = humantime::parse_duration(s).map_err(|_| format!("{s:?} is not a duration (e.g. 250ms, 30s, 5m)"))?;
     if d.is_zero() {
         return Err("must be greater than zero".into());
     }
@@ -446,9 +432,7 @@ pub fn size(s: &str, min: usize, max: usize) -> Result<usize, String> {
         "g" | "gb" | "gib" => 1 << 30,
         _ => return Err(format!("{s:?} has an unknown unit (use B, KiB, MiB, GiB)")),
     };
-    let bytes = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("{s:?} is too large"))?;
+    let bytes = n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))?;
     if bytes < min || bytes > max {
         return Err(format!("{bytes} bytes is outside {min}..={max}"));
     }
@@ -461,10 +445,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(args: ServeArgs, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::load(&args, &|k| map.get(k).cloned())
     }
 
@@ -481,11 +462,7 @@ mod tests {
     fn precedence_file_env_flag() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");
-        std::fs::write(
-            &file,
-            "port = 1000\nws_queue = 10\nws-pong-timeout = \"2s\"\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "port = 1000\nws_queue = 10\nws-pong-timeout = \"2s\"\n").unwrap();
         let args = ServeArgs {
             config: Some(file),
             ..Default::default()
@@ -516,10 +493,7 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "ws-ping-interval");
-        assert!(
-            e.to_string()
-                .starts_with("invalid configuration: ws-ping-interval:")
-        );
+        assert!(e.to_string().starts_with("invalid configuration: ws-ping-interval:"));
         let e = load(ServeArgs::default(), &[("SIGMAVAULT_WS_QUEUE", "0")]).unwrap_err();
         assert_eq!(e.key, "ws-queue");
         let e = load(

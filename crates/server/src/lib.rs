@@ -43,11 +43,7 @@ pub enum ServerError {
 /// Serves until `shutdown` is cancelled, then shuts down in order: stop
 /// accepting → close every WebSocket with 1001 → let in-flight HTTP requests
 /// finish → wait for every task, at most `shutdown_grace`, then abort the rest.
-pub async fn run(
-    config: Config,
-    listener: TcpListener,
-    shutdown: CancellationToken,
-) -> Result<(), ServerError> {
+pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
     let tracker = TaskTracker::new();
     let abort_all = CancellationToken::new();
     let hub = Hub::new(HubConfig::from(&config), tracker.clone(), abort_all.clone());
@@ -123,9 +119,5 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run(config, listener, shutdown.clone()));
-    Ok(RunningServer {
-        addr,
-        shutdown,
-        handle,
-    })
+    Ok(RunningServer { addr, shutdown, handle })
 }

@@ -66,25 +66,15 @@ impl ApiError {
             ApiError::InvalidEvent(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_event"),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::TooManyEvents(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_many_events"),
-            ApiError::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            ApiError::UnsupportedMediaType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::Upgrade(UpgradeError::NotUpgrade) => (StatusCode::UPGRADE_REQUIRED, "upgrade_required"),
+            ApiError::Upgrade(UpgradeError::BadVersion) => {
+                (StatusCode::UPGRADE_REQUIRED, "unsupported_websocket_version")
             }
-            ApiError::Upgrade(UpgradeError::NotUpgrade) => {
-                (StatusCode::UPGRADE_REQUIRED, "upgrade_required")
-            }
-            ApiError::Upgrade(UpgradeError::BadVersion) => (
-                StatusCode::UPGRADE_REQUIRED,
-                "unsupported_websocket_version",
-            ),
-            ApiError::Upgrade(UpgradeError::BadKey) => {
-                (StatusCode::BAD_REQUEST, "bad_websocket_key")
-            }
-            ApiError::Upgrade(UpgradeError::BadQuery(_)) => {
-                (StatusCode::BAD_REQUEST, "bad_request")
-            }
-            ApiError::Upgrade(UpgradeError::Unavailable) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections")
-            }
+            ApiError::Upgrade(UpgradeError::BadKey) => (StatusCode::BAD_REQUEST, "bad_websocket_key"),
+            ApiError::Upgrade(UpgradeError::BadQuery(_)) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Upgrade(UpgradeError::Full) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
+            ApiError::Upgrade(UpgradeError::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -107,12 +97,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
             }
             ApiError::Upgrade(UpgradeError::BadVersion) => {
-                headers.insert(
-                    header::SEC_WEBSOCKET_VERSION,
-                    HeaderValue::from_static("13"),
-                );
+                headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
             }
-            ApiError::Upgrade(UpgradeError::Unavailable) | ApiError::ShuttingDown => {
+            ApiError::Upgrade(UpgradeError::Full | UpgradeError::ShuttingDown) | ApiError::ShuttingDown => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}

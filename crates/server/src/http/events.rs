@@ -19,13 +19,6 @@ use crate::hub::NewEvent;
 pub const MAX_EVENT_DATA: usize = 64 * 1024;
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum PublishBody {
-    Batch { events: Vec<Value> },
-    One(Value),
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EventIn {
     #[serde(rename = "type")]
@@ -45,8 +38,7 @@ fn validate(index: Option<usize>, raw: Value) -> Result<NewEvent, ApiError> {
             at("event")
         ))
     })?;
-    validate_type(&ev.kind)
-        .map_err(|why| ApiError::InvalidEvent(format!("{}: {why}", at("type"))))?;
+    validate_type(&ev.kind).map_err(|why| ApiError::InvalidEvent(format!("{}: {why}", at("type"))))?;
     if !topic_info(&ev.kind).publishable {
         return Err(ApiError::InvalidEvent(format!(
             "{}: {:?} is the server's own; only custom.* and notification may be published",
@@ -56,10 +48,7 @@ fn validate(index: Option<usize>, raw: Value) -> Result<NewEvent, ApiError> {
     }
     let data = ev.data.unwrap_or_else(|| json!({}));
     if !data.is_object() {
-        return Err(ApiError::InvalidEvent(format!(
-            "{}: must be a JSON object",
-            at("data")
-        )));
+        return Err(ApiError::InvalidEvent(format!("{}: must be a JSON object", at("data"))));
     }
     let size = data.to_string().len();
     if size > MAX_EVENT_DATA {
@@ -68,10 +57,7 @@ fn validate(index: Option<usize>, raw: Value) -> Result<NewEvent, ApiError> {
             at("data")
         )));
     }
-    Ok(NewEvent {
-        kind: ev.kind,
-        data,
-    })
+    Ok(NewEvent { kind: ev.kind, data })
 }
 
 /// Publishes; answers 202 with the assigned seqs.
@@ -92,13 +78,32 @@ pub(crate) async fn publish(
         return Err(ApiError::UnsupportedMediaType);
     }
     let limit = app.config.http_max_body;
-    let bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| ApiError::PayloadTooLarge(limit))?;
-    let parsed: PublishBody = serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::BadJson(format!("request body is not JSON: {e}")))?;
-    let events = match parsed {
-        PublishBody::Batch { events } => {
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::BadJson(format!("could not read the request body: {e}"))
+        }
+    })?;
+    let parsed: Value =
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(format!("request body is not JSON: {e}")))?;
+    let Value::Object(mut object) = parsed else {
+        return Err(ApiError::BadJson(
+            "request body must be an object: {\"type\",\"data\"} or {\"events\":[…]}".into(),
+        ));
+    };
+    let events = match object.remove("events") {
+        Some(batch) => {
+            if let Some(extra) = object.keys().next() {
+                return Err(ApiError::InvalidEvent(format!(
+                    "unexpected field {extra:?} next to \"events\"; a batch body is {{\"events\":[…]}}"
+                )));
+            }
+            let Value::Array(events) = batch else {
+                return Err(ApiError::InvalidEvent("events: must be an array of events".into()));
+            };
             if events.is_empty() {
                 return Err(ApiError::InvalidEvent("events: the batch is empty".into()));
             }
@@ -111,7 +116,7 @@ pub(crate) async fn publish(
                 .map(|(i, raw)| validate(Some(i), raw))
                 .collect::<Result<Vec<_>, _>>()?
         }
-        PublishBody::One(raw) => vec![validate(None, raw)?],
+        None => vec![validate(None, Value::Object(object))?],
     };
     let seqs: Vec<u64> = app.hub.publish(events)?.into_iter().flatten().collect();
     let body = if let [seq] = seqs.as_slice() {

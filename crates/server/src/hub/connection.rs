@@ -22,8 +22,9 @@ use sigmavault_proto::CloseCode;
 
 use super::echo::EchoInbound;
 use super::inbound::{HubInbound, Inbound};
-use super::outbox::{Batch, CloseRequest, Mode};
+use super::outbox::{Batch, CloseRequest, Mode, ReplayRound};
 use super::session::{Session, SessionKind};
+use super::subscriptions::Opening;
 use super::{Admission, Hub};
 
 /// History frames written per replay round; small enough that control replies
@@ -34,19 +35,12 @@ const REPLAY_CHUNK: usize = 256;
 const MAX_CLOSE_REASON: usize = 123;
 
 /// Runs a connection to completion; returns when the socket is closed.
-pub(crate) async fn run<S>(
-    hub: Hub,
-    kind: SessionKind,
-    resume: Option<(String, u64)>,
-    ws: WebSocketStream<S>,
-    admission: Admission,
-) where
+pub(crate) async fn run<S>(hub: Hub, kind: SessionKind, opening: Opening, ws: WebSocketStream<S>, admission: Admission)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let session = hub.register(kind, resume);
-    hub.counters()
-        .connections_total
-        .fetch_add(1, Ordering::Relaxed);
+    let session = hub.register(kind, opening);
+    hub.counters().connections_total.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(client_id = %session.client_id, ?kind, "websocket connected");
     let (sink, stream) = ws.split();
     let reader = match kind {
@@ -77,12 +71,8 @@ pub(crate) async fn run<S>(
 }
 
 /// Reads until the peer closes, errs or goes silent, then hands the close to the writer.
-async fn read_loop<S, I>(
-    hub: Hub,
-    session: Arc<Session>,
-    mut stream: SplitStream<WebSocketStream<S>>,
-    mut inbound: I,
-) where
+async fn read_loop<S, I>(hub: Hub, session: Arc<Session>, mut stream: SplitStream<WebSocketStream<S>>, mut inbound: I)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     I: Inbound,
 {
@@ -97,9 +87,7 @@ async fn read_loop<S, I>(
             Some(Ok(msg)) => {
                 session.touch(hub.now_ms());
                 match msg {
-                    Message::Text(text) => inbound
-                        .on_text(text)
-                        .map_err(|code| Some((code, String::new()))),
+                    Message::Text(text) => inbound.on_text(text).map_err(|code| Some((code, String::new()))),
                     Message::Binary(data) => inbound
                         .on_binary(data)
                         .map_err(|code| Some((code, "binary frames are not supported".to_owned()))),
@@ -131,10 +119,7 @@ fn classify(e: &WsError) -> Option<(CloseCode, String)> {
         WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_) => None,
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
         WsError::Protocol(p) => Some((CloseCode::ProtocolError, p.to_string())),
-        WsError::Utf8(_) => Some((
-            CloseCode::InvalidPayload,
-            "invalid UTF-8 in a text message".to_owned(),
-        )),
+        WsError::Utf8(_) => Some((CloseCode::InvalidPayload, "invalid UTF-8 in a text message".to_owned())),
         WsError::Capacity(c) => Some((CloseCode::MessageTooBig, c.to_string())),
         other => Some((CloseCode::InternalError, other.to_string())),
     }
@@ -169,13 +154,13 @@ where
 {
     let mut reader = Some(reader);
     let outcome = loop {
-        let batch = tokio::select! {
+        let mut batch = tokio::select! {
             biased;
             _ = session.abort.cancelled() => break "aborted",
             batch = next_batch(session) => batch,
         };
         let close = batch.close.clone();
-        let replay_cursor = batch.replay_cursor;
+        let replay = batch.replay.take();
         let written = tokio::select! {
             biased;
             _ = session.abort.cancelled() => break "aborted",
@@ -184,11 +169,11 @@ where
         if written.is_err() {
             break "peer gone";
         }
-        if let Some(cursor) = replay_cursor {
+        if let Some(round) = replay {
             let replayed = tokio::select! {
                 biased;
                 _ = session.abort.cancelled() => break "aborted",
-                r = replay_step(hub, session, &mut sink, cursor) => r,
+                r = replay_step(hub, session, &mut sink, round) => r,
             };
             if replayed.is_err() {
                 break "peer gone";
@@ -207,23 +192,15 @@ where
 }
 
 /// Writes one batch and flushes once.
-async fn write_batch<S>(
-    hub: &Hub,
-    session: &Session,
-    sink: &mut Sink<S>,
-    batch: Batch,
-) -> Result<(), WsError>
+async fn write_batch<S>(hub: &Hub, session: &Session, sink: &mut Sink<S>, batch: Batch) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let frames =
-        batch.control.len() + batch.state.len() + batch.events.len() + usize::from(batch.ping);
+    let frames = batch.control.len() + batch.state.len() + batch.events.len() + usize::from(batch.ping);
     if frames == 0 {
         return Ok(());
     }
-    session
-        .write_started_ms
-        .store(hub.now_ms().max(1), Ordering::Relaxed);
+    session.write_started_ms.store(hub.now_ms().max(1), Ordering::Relaxed);
     for msg in batch.control {
         sink.feed(msg).await?;
     }
@@ -244,22 +221,16 @@ where
     if let Some(seq) = last_seq {
         session.last_delivered_seq.store(seq, Ordering::Relaxed);
     }
-    hub.counters()
-        .delivered
-        .fetch_add(delivered, Ordering::Relaxed);
+    hub.counters().delivered.fetch_add(delivered, Ordering::Relaxed);
     Ok(())
 }
 
 /// Streams one chunk of history after `cursor`, or finishes the replay.
-async fn replay_step<S>(
-    hub: &Hub,
-    session: &Session,
-    sink: &mut Sink<S>,
-    cursor: u64,
-) -> Result<(), WsError>
+async fn replay_step<S>(hub: &Hub, session: &Session, sink: &mut Sink<S>, round: ReplayRound) -> Result<(), WsError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let cursor = round.cursor;
     let Some(chunk) = hub.history_after(cursor, REPLAY_CHUNK) else {
         hub.replay_overrun(session, cursor);
         return Ok(());
@@ -269,11 +240,10 @@ where
         return Ok(());
     };
     let subs = session.subs.lock().clone();
-    session
-        .write_started_ms
-        .store(hub.now_ms().max(1), Ordering::Relaxed);
+    session.write_started_ms.store(hub.now_ms().max(1), Ordering::Relaxed);
     let mut sent = 0u64;
-    for frame in chunk.into_iter().filter(|f| subs.matches(&f.kind)) {
+    let wanted = |f: &super::outbox::EventFrame| subs.matches(&f.kind) && !round.skip.delivered(f.seq, &f.kind);
+    for frame in chunk.into_iter().filter(wanted) {
         sink.feed(Message::Text(frame.bytes)).await?;
         sent += 1;
     }
@@ -285,9 +255,7 @@ where
     }
     session.with_outbox(|o| {
         if let Mode::Replaying {
-            cursor: c,
-            replayed,
-            ..
+            cursor: c, replayed, ..
         } = &mut o.mode
             && *c == cursor
         {
@@ -331,9 +299,7 @@ where
         code: close.code.code().into(),
         reason: reason.into(),
     };
-    session
-        .write_started_ms
-        .store(hub.now_ms().max(1), Ordering::Relaxed);
+    session.write_started_ms.store(hub.now_ms().max(1), Ordering::Relaxed);
     let sent = tokio::select! {
         biased;
         _ = session.abort.cancelled() => false,

@@ -21,14 +21,12 @@ pub(crate) struct EchoInbound {
 
 impl Inbound for EchoInbound {
     fn on_text(&mut self, text: Utf8Bytes) -> Result<(), CloseCode> {
-        self.session
-            .with_outbox(|o| o.push_control(Message::Text(text)));
+        self.session.with_outbox(|o| o.push_control(Message::Text(text)));
         Ok(())
     }
 
     fn on_binary(&mut self, data: Bytes) -> Result<(), CloseCode> {
-        self.session
-            .with_outbox(|o| o.push_control(Message::Binary(data)));
+        self.session.with_outbox(|o| o.push_control(Message::Binary(data)));
         Ok(())
     }
 }

@@ -11,8 +11,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use sigmavault_proto::{ClientCommand, ClientMessage, CloseCode};
 
 use super::ratelimit::{RateLimit, Verdict};
+use super::resume::ResumeOutcome;
 use super::session::Session;
-use super::{Hub, ResumeOutcome, control, error_frame};
+use super::{Hub, control, error_frame};
 
 /// Interprets inbound data messages. Returning `Err` closes the connection with that code.
 pub(crate) trait Inbound: Send + 'static {
@@ -83,23 +84,19 @@ impl Inbound for HubInbound {
         };
         match command {
             ClientCommand::Subscribe(patterns) => self.hub.subscribe(&self.session, patterns, id),
-            ClientCommand::Unsubscribe(patterns) => {
-                self.hub.unsubscribe(&self.session, &patterns, id)
-            }
+            ClientCommand::Unsubscribe(patterns) => self.hub.unsubscribe(&self.session, &patterns, id),
             ClientCommand::Ping => {
                 let pong = control("pong", id, &serde_json::json!({}));
                 self.session.with_outbox(|o| o.push_control(pong));
             }
-            ClientCommand::Resume { epoch, since } => {
-                match self.hub.resume(&self.session, &epoch, since, id) {
-                    ResumeOutcome::Replaying | ResumeOutcome::Reset => {}
-                    ResumeOutcome::SinceAhead { head } => self.reply_error(
-                        id,
-                        "since_ahead",
-                        &format!("since {since} is ahead of the latest seq {head}"),
-                    ),
-                }
-            }
+            ClientCommand::Resume { epoch, since } => match self.hub.resume(&self.session, &epoch, since, id) {
+                ResumeOutcome::Replaying | ResumeOutcome::Reset | ResumeOutcome::Untracked => {}
+                ResumeOutcome::SinceAhead { head } => self.reply_error(
+                    id,
+                    "since_ahead",
+                    &format!("since {since} is ahead of the latest seq {head}"),
+                ),
+            },
         }
         Ok(())
     }

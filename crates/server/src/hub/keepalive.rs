@@ -45,12 +45,7 @@ fn sweep(hub: &Hub) {
     for s in hub.inner.sessions.read().values() {
         let silent = now.saturating_sub(s.last_seen_ms.load(Ordering::Relaxed));
         if silent > dead_ms {
-            if s.with_outbox(|o| {
-                o.request_close(
-                    CloseCode::KeepaliveTimeout,
-                    format!("silent for {silent} ms"),
-                )
-            }) {
+            if s.with_outbox(|o| o.request_close(CloseCode::KeepaliveTimeout, format!("silent for {silent} ms"))) {
                 counters.keepalive_timeouts.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(client_id = %s.client_id, silent_ms = silent, "peer stopped answering pings; closing with 4000");
             }

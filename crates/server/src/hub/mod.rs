@@ -1,12 +1,13 @@
 //! The event hub: sequencing, history, subscriptions and fan-out.
 //!
-//! `publish` is the only way a message enters the hub. Under one lock it stamps
-//! event-class messages with the next `seq`, encodes each message once, appends
-//! events to the history ring and hands the same bytes to every matching
-//! session's outbox. It never awaits a socket: a full outbox closes that client
-//! (4008) instead of slowing the publisher. Sessions are registered, subscribed
-//! and resumed under the same lock, which is what makes `welcome.seq`,
-//! `subscribed` and the replay/live seam exact.
+//! `publish` (publish.rs) is the only way a message enters the hub. Under one
+//! lock it stamps event-class messages with the next `seq`, encodes each message
+//! once, appends events to the history ring and hands the same bytes to every
+//! matching session's outbox. It never awaits a socket: a client that falls
+//! behind is closed (4008) instead of slowing the publisher. Sessions are
+//! registered, subscribed (subscriptions.rs) and resumed (resume.rs) under the
+//! same lock, which is what makes `welcome.seq`, `subscribed` and the
+//! replay/live seam exact.
 
 mod connection;
 mod echo;
@@ -14,9 +15,12 @@ mod history;
 mod inbound;
 mod keepalive;
 mod outbox;
+mod publish;
 mod ratelimit;
+mod resume;
 mod session;
 mod stats;
+mod subscriptions;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -30,14 +34,14 @@ use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use sigmavault_proto::server::{Reset, Welcome, encode};
+use sigmavault_proto::server::encode;
 use sigmavault_proto::topics::DEFAULT_SUBSCRIPTIONS;
-use sigmavault_proto::{CloseCode, DeliveryClass, Pattern, SubscriptionSet, topic_info};
+use sigmavault_proto::{CloseCode, Pattern, SubscriptionSet};
 
 use crate::config::Config;
 use history::History;
-use outbox::{EventFrame, Mode, Push, StateFrame};
-use session::{Session, SessionKind};
+use outbox::StateFrame;
+use session::Session;
 use stats::Counters;
 pub use stats::HubStats;
 
@@ -131,6 +135,8 @@ struct HubInner {
     next_id: AtomicU64,
     /// Connections admitted (upgrade accepted, not yet finished).
     admitted: AtomicUsize,
+    /// Open `/ws` sessions (echo sessions excluded).
+    event_clients: AtomicUsize,
     closing: AtomicBool,
     /// Parent of every session's abort token: cancelled when the grace period ends.
     abort_all: CancellationToken,
@@ -141,18 +147,8 @@ struct HubInner {
 struct PublishState {
     next_seq: u64,
     /// Subscribers per event type. Cleared on any registration or subscription
-    /// change; rebuilt on the next publish of that type.
+    /// change (and when it grows past a bound); rebuilt on the next publish.
     subscribers: HashMap<Arc<str>, Arc<[Arc<Session>]>>,
-}
-
-/// Result of a `resume` request.
-pub(crate) enum ResumeOutcome {
-    /// Replay scheduled; the writer streams it and then sends `resumed`.
-    Replaying,
-    /// Position cannot be honoured; `reset` was queued.
-    Reset,
-    /// `since` is ahead of the latest seq.
-    SinceAhead { head: u64 },
 }
 
 /// A connection slot, released when dropped.
@@ -166,6 +162,15 @@ impl Drop for Admission {
     }
 }
 
+/// Why a connection slot was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmitError {
+    /// `max_connections` is reached.
+    Full,
+    /// Shutdown has begun.
+    Closing,
+}
+
 /// Formats the envelope timestamp: RFC 3339, UTC, milliseconds.
 pub(crate) fn timestamp() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -175,6 +180,8 @@ impl Hub {
     /// Creates a hub whose tasks live on `tracker` and whose connections are
     /// aborted when `abort_all` is cancelled.
     pub fn new(cfg: HubConfig, tracker: TaskTracker, abort_all: CancellationToken) -> Hub {
+        let default_subs =
+            SubscriptionSet::from_patterns(DEFAULT_SUBSCRIPTIONS.iter().filter_map(|p| Pattern::parse(p).ok()));
         Hub {
             inner: Arc::new(HubInner {
                 history: RwLock::new(History::new(cfg.history)),
@@ -189,11 +196,10 @@ impl Hub {
                 sessions: RwLock::new(HashMap::new()),
                 state: RwLock::new(HashMap::new()),
                 counters: Counters::default(),
-                default_subs: Arc::new(SubscriptionSet::from_patterns(
-                    DEFAULT_SUBSCRIPTIONS.iter().filter_map(|p| Pattern::parse(p).ok()),
-                )),
+                default_subs: Arc::new(default_subs),
                 next_id: AtomicU64::new(1),
                 admitted: AtomicUsize::new(0),
+                event_clients: AtomicUsize::new(0),
                 closing: AtomicBool::new(false),
                 abort_all,
                 tracker,
@@ -206,9 +212,7 @@ impl Hub {
         self.inner
             .tracker
             .spawn(keepalive::sweeper(self.clone(), shutdown.clone()));
-        self.inner
-            .tracker
-            .spawn(keepalive::heartbeat(self.clone(), shutdown));
+        self.inner.tracker.spawn(keepalive::heartbeat(self.clone(), shutdown));
     }
 
     /// The hub's settings.
@@ -231,9 +235,9 @@ impl Hub {
         self.inner.start.elapsed().as_millis() as u64
     }
 
-    /// Number of open sessions.
+    /// Number of open `/ws` connections.
     pub fn client_count(&self) -> usize {
-        self.inner.sessions.read().len()
+        self.inner.event_clients.load(Ordering::Relaxed)
     }
 
     /// Whether shutdown has begun.
@@ -241,390 +245,23 @@ impl Hub {
         self.inner.closing.load(Ordering::Acquire)
     }
 
-    /// Reserves a connection slot, or `None` when `max_connections` is reached or
-    /// the hub is closing.
-    pub fn try_admit(&self) -> Option<Admission> {
+    /// Reserves a connection slot.
+    pub fn try_admit(&self) -> Result<Admission, AdmitError> {
         if self.is_closing() {
-            return None;
+            return Err(AdmitError::Closing);
         }
         let max = self.inner.cfg.max_connections;
         let admitted = self
             .inner
             .admitted
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            });
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1));
         match admitted {
-            Ok(_) => Some(Admission { hub: self.clone() }),
+            Ok(_) => Ok(Admission { hub: self.clone() }),
             Err(_) => {
                 self.inner.counters.rejected.fetch_add(1, Ordering::Relaxed);
-                None
+                Err(AdmitError::Full)
             }
         }
-    }
-
-    /// Publishes messages in order. Returns each message's seq (`None` for
-    /// state-class messages, which carry none).
-    pub fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Option<u64>>, PublishError> {
-        if self.is_closing() {
-            return Err(PublishError::ShuttingDown);
-        }
-        let ts = timestamp();
-        // Serialise payloads before taking the lock; only the envelope needs the seq.
-        let prepared: Vec<(Arc<str>, DeliveryClass, Option<Arc<str>>, String)> = events
-            .into_iter()
-            .map(|e| {
-                let info = topic_info(&e.kind);
-                let key = info.key_field.and_then(|f| e.data.get(f)).map(|v| match v {
-                    Value::String(s) => Arc::from(s.as_str()),
-                    other => Arc::from(other.to_string()),
-                });
-                (Arc::from(e.kind), info.class, key, e.data.to_string())
-            })
-            .collect();
-
-        let inner = &*self.inner;
-        let mut publish = inner.publish.lock();
-        let mut seqs = Vec::with_capacity(prepared.len());
-        let mut frames: Vec<Frame> = Vec::with_capacity(prepared.len());
-        {
-            let mut history = inner.history.write();
-            for (kind, class, key, data) in prepared {
-                match class {
-                    DeliveryClass::Event => {
-                        let seq = publish.next_seq;
-                        publish.next_seq += 1;
-                        let bytes = Utf8Bytes::from(encode(&kind, &ts, Some(seq), None, &data));
-                        let frame = EventFrame { seq, kind, bytes };
-                        history.push(frame.clone());
-                        seqs.push(Some(seq));
-                        frames.push(Frame::Event(frame));
-                    }
-                    DeliveryClass::State => {
-                        let bytes = Utf8Bytes::from(encode(&kind, &ts, None, None, &data));
-                        let frame = StateFrame { kind, key, bytes };
-                        inner
-                            .state
-                            .write()
-                            .insert((frame.kind.clone(), frame.key.clone()), frame.clone());
-                        seqs.push(None);
-                        frames.push(Frame::State(frame));
-                    }
-                }
-            }
-        }
-        inner.head.store(publish.next_seq - 1, Ordering::Release);
-        let published = frames.len() as u64;
-
-        // Fan out runs of consecutive events of one type together: one lock and one
-        // wake per session per run instead of per event.
-        let mut rest = &frames[..];
-        while let Some(first) = rest.first() {
-            let kind = first.kind().clone();
-            let subscribers = self.subscribers(&mut publish, &kind);
-            match first {
-                Frame::State(state) => {
-                    for s in subscribers.iter() {
-                        s.with_outbox(|o| o.push_state(state.clone()));
-                    }
-                    rest = &rest[1..];
-                }
-                Frame::Event(_) => {
-                    let run = rest
-                        .iter()
-                        .take_while(|f| matches!(f, Frame::Event(e) if e.kind == kind))
-                        .count();
-                    let events: Vec<&EventFrame> = rest[..run]
-                        .iter()
-                        .filter_map(|f| match f {
-                            Frame::Event(e) => Some(e),
-                            Frame::State(_) => None,
-                        })
-                        .collect();
-                    for s in subscribers.iter() {
-                        if s.with_outbox(|o| o.push_events(events.iter().copied()))
-                            == Push::Overflowed
-                        {
-                            self.on_overflow(s);
-                        }
-                    }
-                    rest = &rest[run..];
-                }
-            }
-        }
-        drop(publish);
-        inner
-            .counters
-            .published
-            .fetch_add(published, Ordering::Relaxed);
-        Ok(seqs)
-    }
-
-    /// Publishes one message built by the server itself.
-    pub fn publish_one(&self, kind: &str, data: Value) -> Result<Option<u64>, PublishError> {
-        let seqs = self.publish(vec![NewEvent {
-            kind: kind.to_owned(),
-            data,
-        }])?;
-        Ok(seqs.into_iter().next().flatten())
-    }
-
-    fn on_overflow(&self, s: &Session) {
-        self.inner
-            .counters
-            .slow_consumer_closes
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            client_id = %s.client_id,
-            queue = self.inner.cfg.queue,
-            last_seq = s.last_delivered_seq.load(Ordering::Relaxed),
-            "client queue overflowed; closing with 4008"
-        );
-    }
-
-    /// The cached subscriber list for a type, rebuilt if invalidated.
-    fn subscribers(&self, publish: &mut PublishState, kind: &Arc<str>) -> Arc<[Arc<Session>]> {
-        if let Some(list) = publish.subscribers.get(kind) {
-            return list.clone();
-        }
-        let list: Arc<[Arc<Session>]> = self
-            .inner
-            .sessions
-            .read()
-            .values()
-            .filter(|s| s.subs.lock().matches(kind))
-            .cloned()
-            .collect();
-        publish.subscribers.insert(kind.clone(), list.clone());
-        list
-    }
-
-    /// Registers a new session: queues `welcome` and current state values, and
-    /// starts a replay when the upgrade asked for one.
-    pub(crate) fn register(
-        &self,
-        kind: SessionKind,
-        resume: Option<(String, u64)>,
-    ) -> Arc<Session> {
-        let inner = &*self.inner;
-        let subs = match kind {
-            SessionKind::Events => inner.default_subs.clone(),
-            SessionKind::Echo => Arc::new(SubscriptionSet::new()),
-        };
-        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(
-            id,
-            kind,
-            subs,
-            inner.cfg.queue,
-            self.now_ms(),
-            inner.abort_all.child_token(),
-        );
-
-        let mut publish = inner.publish.lock();
-        inner.sessions.write().insert(id, session.clone());
-        publish.subscribers.clear();
-        if kind == SessionKind::Events {
-            let subs = session.subs.lock().clone();
-            let welcome = Welcome {
-                client_id: session.client_id.to_string(),
-                server_version: crate::VERSION.to_owned(),
-                protocol_version: sigmavault_proto::PROTOCOL_VERSION,
-                epoch: inner.epoch.clone(),
-                seq: self.head(),
-                subscriptions: subs.to_strings(),
-                ping_interval_ms: inner.cfg.ping_interval.as_millis() as u64,
-                pong_timeout_ms: inner.cfg.pong_timeout.as_millis() as u64,
-                limits: sigmavault_proto::server::Limits {
-                    max_message_bytes: inner.cfg.max_message,
-                    queue_events: inner.cfg.queue,
-                    inbound_per_second: inner.cfg.rate_limit,
-                    inbound_burst: inner.cfg.rate_burst,
-                },
-            };
-            session.with_outbox(|o| o.push_control(control("welcome", None, &welcome)));
-            self.push_current_state(&session, &subs, None);
-            if let Some((epoch, since)) = resume {
-                self.resume_locked(&session, &epoch, since, None);
-            }
-        }
-        drop(publish);
-        session
-    }
-
-    /// Removes a finished session.
-    pub(crate) fn unregister(&self, session: &Session) {
-        let mut publish = self.inner.publish.lock();
-        self.inner.sessions.write().remove(&session.id);
-        publish.subscribers.clear();
-    }
-
-    /// Queues the current value of every state topic the client newly matches.
-    fn push_current_state(
-        &self,
-        session: &Session,
-        subs: &SubscriptionSet,
-        before: Option<&SubscriptionSet>,
-    ) {
-        let state = self.inner.state.read();
-        let fresh = state
-            .values()
-            .filter(|f| subs.matches(&f.kind) && !before.is_some_and(|b| b.matches(&f.kind)));
-        session.with_outbox(|o| fresh.for_each(|f| o.push_state(f.clone())));
-    }
-
-    /// Adds patterns; queues `subscribed` (after which matching messages flow) and
-    /// the current values of newly matched state topics.
-    pub(crate) fn subscribe(&self, session: &Session, patterns: Vec<Pattern>, id: Option<&Value>) {
-        let mut publish = self.inner.publish.lock();
-        let (before, after) = {
-            let mut subs = session.subs.lock();
-            let before = subs.clone();
-            Arc::make_mut(&mut subs).add(patterns);
-            (before, subs.clone())
-        };
-        publish.subscribers.clear();
-        let reply = sigmavault_proto::server::Subscriptions {
-            subscriptions: after.to_strings(),
-        };
-        session.with_outbox(|o| o.push_control(control("subscribed", id, &reply)));
-        self.push_current_state(session, &after, Some(&before));
-    }
-
-    /// Removes patterns and purges queued messages that no longer match, so
-    /// nothing of an unsubscribed type follows `unsubscribed`.
-    pub(crate) fn unsubscribe(&self, session: &Session, patterns: &[Pattern], id: Option<&Value>) {
-        let mut publish = self.inner.publish.lock();
-        let after = {
-            let mut subs = session.subs.lock();
-            Arc::make_mut(&mut subs).remove(patterns);
-            subs.clone()
-        };
-        publish.subscribers.clear();
-        let reply = sigmavault_proto::server::Subscriptions {
-            subscriptions: after.to_strings(),
-        };
-        session.with_outbox(|o| {
-            o.purge_unsubscribed(&after);
-            o.push_control(control("unsubscribed", id, &reply));
-        });
-    }
-
-    /// Handles `resume`: schedules a replay, or queues `reset` / reports `since` ahead.
-    pub(crate) fn resume(
-        &self,
-        session: &Session,
-        epoch: &str,
-        since: u64,
-        id: Option<&Value>,
-    ) -> ResumeOutcome {
-        let _publish = self.inner.publish.lock();
-        self.resume_locked(session, epoch, since, id)
-    }
-
-    fn resume_locked(
-        &self,
-        session: &Session,
-        epoch: &str,
-        since: u64,
-        id: Option<&Value>,
-    ) -> ResumeOutcome {
-        let head = self.head();
-        let oldest = self.inner.history.read().oldest().unwrap_or(head + 1);
-        let reset = |reason: &str, message: String| {
-            let body = Reset {
-                reason: reason.to_owned(),
-                message,
-                epoch: self.inner.epoch.clone(),
-                oldest_seq: oldest,
-                seq: head,
-            };
-            session.with_outbox(|o| o.push_control(control("reset", id, &body)));
-            self.inner.counters.resets.fetch_add(1, Ordering::Relaxed);
-            ResumeOutcome::Reset
-        };
-        if epoch != self.inner.epoch {
-            return reset(
-                "epoch_mismatch",
-                format!("epoch {epoch:?} is not the current history; refetch state"),
-            );
-        }
-        if since > head {
-            return ResumeOutcome::SinceAhead { head };
-        }
-        if since + 1 < oldest {
-            return reset(
-                "history_too_old",
-                format!(
-                    "events after {since} are no longer retained (oldest is {oldest}); refetch state"
-                ),
-            );
-        }
-        session.with_outbox(|o| {
-            o.events.clear();
-            o.mode = Mode::Replaying {
-                epoch: epoch.to_owned(),
-                since,
-                cursor: since,
-                replayed: 0,
-            };
-        });
-        ResumeOutcome::Replaying
-    }
-
-    /// The next replay chunk after `cursor`, or `None` if the ring overtook it.
-    pub(crate) fn history_after(&self, cursor: u64, max: usize) -> Option<Vec<EventFrame>> {
-        self.inner.history.read().after(cursor, max)
-    }
-
-    /// Ends a replay that has reached the head: switches to live and queues
-    /// `resumed`. Checked under the outbox lock against the head, which the
-    /// publish path stores before it pushes to outboxes: an event published
-    /// after the check is pushed live, one published before it is replayed.
-    pub(crate) fn finish_replay(&self, session: &Session, cursor: u64) {
-        session.with_outbox(|o| {
-            let Mode::Replaying {
-                epoch,
-                since,
-                cursor: c,
-                replayed,
-            } = &o.mode
-            else {
-                return;
-            };
-            if *c != cursor || self.head() != cursor {
-                return;
-            }
-            let body = sigmavault_proto::server::Resumed {
-                epoch: epoch.clone(),
-                since: *since,
-                through: cursor,
-                replayed: *replayed,
-            };
-            o.mode = Mode::Live;
-            o.push_control(control("resumed", None, &body));
-        });
-    }
-
-    /// Queues `reset` for a replay the ring overtook, and goes live.
-    pub(crate) fn replay_overrun(&self, session: &Session, cursor: u64) {
-        let _publish = self.inner.publish.lock();
-        let head = self.head();
-        let oldest = self.inner.history.read().oldest().unwrap_or(head + 1);
-        let body = Reset {
-            reason: "history_overrun".into(),
-            message: format!(
-                "the replay fell behind the history ring at seq {cursor}; refetch state"
-            ),
-            epoch: self.inner.epoch.clone(),
-            oldest_seq: oldest,
-            seq: head,
-        };
-        self.inner.counters.resets.fetch_add(1, Ordering::Relaxed);
-        session.with_outbox(|o| {
-            o.mode = Mode::Live;
-            o.push_control(control("reset", None, &body));
-        });
     }
 
     /// Hub counters.
@@ -632,8 +269,10 @@ impl Hub {
         &self.inner.counters
     }
 
-    /// Asks every connection to close with 1001 and refuses new ones.
+    /// Asks every connection to close with 1001 and refuses new ones. Sessions
+    /// registering concurrently see `closing` under the publish lock and close too.
     pub fn close_all(&self) {
+        let _publish = self.inner.publish.lock();
         self.inner.closing.store(true, Ordering::Release);
         for s in self.inner.sessions.read().values() {
             s.with_outbox(|o| o.request_close(CloseCode::GoingAway, "server shutting down"));
@@ -643,21 +282,6 @@ impl Hub {
     /// A snapshot of the hub statistics.
     pub fn stats(&self) -> HubStats {
         stats::snapshot(self)
-    }
-}
-
-/// A prepared frame inside `publish`.
-enum Frame {
-    Event(EventFrame),
-    State(StateFrame),
-}
-
-impl Frame {
-    fn kind(&self) -> &Arc<str> {
-        match self {
-            Frame::Event(e) => &e.kind,
-            Frame::State(s) => &s.kind,
-        }
     }
 }
 

@@ -7,25 +7,30 @@
 //! atomically. An empty outbox allocates nothing, which keeps idle connections small.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::task::Waker;
 
+use serde_json::Value;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use sigmavault_proto::{CloseCode, SubscriptionSet};
 
-/// An event-class frame: its seq, its type (for purges) and the shared encoded bytes.
+/// Most subscription changes remembered between two resumes (see [`LiveLog`]).
+pub(crate) const LIVE_LOG_MAX: usize = 64;
+
+/// An event-class frame: its seq, its type (for filtering) and the shared encoded bytes.
 #[derive(Clone, Debug)]
 pub(crate) struct EventFrame {
     pub(crate) seq: u64,
-    pub(crate) kind: std::sync::Arc<str>,
+    pub(crate) kind: Arc<str>,
     pub(crate) bytes: Utf8Bytes,
 }
 
 /// A state-class frame; `key` is the subject within the topic (disk, job), if any.
 #[derive(Clone, Debug)]
 pub(crate) struct StateFrame {
-    pub(crate) kind: std::sync::Arc<str>,
-    pub(crate) key: Option<std::sync::Arc<str>>,
+    pub(crate) kind: Arc<str>,
+    pub(crate) key: Option<Arc<str>>,
     pub(crate) bytes: Utf8Bytes,
 }
 
@@ -38,8 +43,35 @@ pub(crate) struct CloseRequest {
     pub(crate) by_peer: bool,
 }
 
+/// What the live stream of this connection has delivered since it last went
+/// live: the subscription sets in force, each from the head seq at which it took
+/// effect, up to `through` (the highest seq the writer has taken). Live delivery
+/// is gap-free for the set in force, so an event was delivered exactly when its
+/// seq is ≤ `through` and the set in force at its seq matched it. A `resume`
+/// skips those, which makes resuming on a connection that already received live
+/// events exact: no duplicate, no gap, in order.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LiveLog {
+    pub(crate) changes: Vec<(u64, Arc<SubscriptionSet>)>,
+    pub(crate) through: u64,
+}
+
+impl LiveLog {
+    /// Whether the live stream already delivered this event.
+    pub(crate) fn delivered(&self, seq: u64, kind: &str) -> bool {
+        if seq > self.through {
+            return false;
+        }
+        self.changes
+            .iter()
+            .rev()
+            .find(|(from, _)| *from < seq)
+            .is_some_and(|(_, subs)| subs.matches(kind))
+    }
+}
+
 /// Whether event-class messages flow live or come from the history.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub(crate) enum Mode {
     /// The publish path queues events here.
     Live,
@@ -49,6 +81,10 @@ pub(crate) enum Mode {
         since: u64,
         cursor: u64,
         replayed: u64,
+        /// The request id, echoed in `resumed`.
+        id: Option<Value>,
+        /// Events the live stream delivered before the resume, not to be sent twice.
+        skip: Arc<LiveLog>,
     },
 }
 
@@ -58,29 +94,19 @@ pub(crate) struct Outbox {
     pub(crate) control: VecDeque<Message>,
     /// Latest value per (topic, key); replaced in place, never grows past the set of subjects.
     pub(crate) state: Vec<StateFrame>,
-    /// Event-class frames in seq order; bounded by `limit`.
+    /// Event-class frames in seq order; bounded by `limit` (plus one publish batch).
     pub(crate) events: VecDeque<EventFrame>,
     /// Bound of `events` (`--ws-queue`).
     pub(crate) limit: usize,
     pub(crate) mode: Mode,
+    /// What the live stream delivered since it last went live (see [`LiveLog`]).
+    pub(crate) live: LiveLog,
     /// The sweeper asked for a WebSocket ping.
     pub(crate) ping_due: bool,
     /// Set once; the writer sends it after flushing what is already owed (or at once for 4008).
     pub(crate) close: Option<CloseRequest>,
     /// The writer task, parked waiting for work.
     pub(crate) waker: Option<Waker>,
-}
-
-/// One round of work for the writer task.
-#[derive(Default)]
-pub(crate) struct Batch {
-    pub(crate) control: VecDeque<Message>,
-    pub(crate) state: Vec<StateFrame>,
-    pub(crate) events: VecDeque<EventFrame>,
-    pub(crate) ping: bool,
-    pub(crate) close: Option<CloseRequest>,
-    /// Replaying: stream the next history chunk after this seq.
-    pub(crate) replay_cursor: Option<u64>,
 }
 
 /// The outcome of queueing events for one connection.
@@ -92,6 +118,24 @@ pub(crate) enum Push {
     Overflowed,
 }
 
+/// A replay round for the writer.
+pub(crate) struct ReplayRound {
+    pub(crate) cursor: u64,
+    pub(crate) skip: Arc<LiveLog>,
+}
+
+/// One round of work for the writer task.
+#[derive(Default)]
+pub(crate) struct Batch {
+    pub(crate) control: VecDeque<Message>,
+    pub(crate) state: Vec<StateFrame>,
+    pub(crate) events: VecDeque<EventFrame>,
+    pub(crate) ping: bool,
+    pub(crate) close: Option<CloseRequest>,
+    /// Replaying: stream the next history chunk.
+    pub(crate) replay: Option<ReplayRound>,
+}
+
 impl Outbox {
     pub(crate) fn new(limit: usize) -> Self {
         Outbox {
@@ -100,6 +144,7 @@ impl Outbox {
             events: VecDeque::new(),
             limit,
             mode: Mode::Live,
+            live: LiveLog::default(),
             ping_due: false,
             close: None,
             waker: None,
@@ -118,33 +163,26 @@ impl Outbox {
 
     /// Takes the waker if there is work for it (call `wake` after unlocking).
     pub(crate) fn take_waker(&mut self) -> Option<Waker> {
-        if self.has_work() {
-            self.waker.take()
-        } else {
-            None
-        }
+        if self.has_work() { self.waker.take() } else { None }
     }
 
-    /// Queues event-class frames from the publish path.
-    pub(crate) fn push_events<'a>(
-        &mut self,
-        frames: impl IntoIterator<Item = &'a EventFrame>,
-    ) -> Push {
+    /// Queues one publish's run of event-class frames. The client is too slow
+    /// when it still has `limit` undelivered events as new ones arrive; a single
+    /// large batch into a healthy client's empty queue is not a reason to close it.
+    pub(crate) fn push_events<'a>(&mut self, frames: impl IntoIterator<Item = &'a EventFrame>) -> Push {
         if self.close.is_some() || matches!(self.mode, Mode::Replaying { .. }) {
             return Push::Queued;
         }
-        for f in frames {
-            if self.events.len() >= self.limit {
-                self.events = VecDeque::new();
-                self.close = Some(CloseRequest {
-                    code: CloseCode::SlowConsumer,
-                    reason: String::new(),
-                    by_peer: false,
-                });
-                return Push::Overflowed;
-            }
-            self.events.push_back(f.clone());
+        if self.events.len() >= self.limit {
+            self.events = VecDeque::new();
+            self.close = Some(CloseRequest {
+                code: CloseCode::SlowConsumer,
+                reason: String::new(),
+                by_peer: false,
+            });
+            return Push::Overflowed;
         }
+        self.events.extend(frames.into_iter().cloned());
         Push::Queued
     }
 
@@ -194,30 +232,43 @@ impl Outbox {
         }
     }
 
+    /// Records a subscription set taking effect on the live stream at `head`.
+    /// Returns false when too many changes accumulated since the last resume.
+    pub(crate) fn log_live_change(&mut self, head: u64, subs: Arc<SubscriptionSet>) -> bool {
+        if self.live.changes.len() >= LIVE_LOG_MAX {
+            return false;
+        }
+        self.live.changes.push((head, subs));
+        true
+    }
+
     /// Takes everything the writer should send now.
     pub(crate) fn take_batch(&mut self) -> Batch {
         let close = self.close.clone();
-        if close
-            .as_ref()
-            .is_some_and(|c| c.code == CloseCode::SlowConsumer)
-        {
+        if close.as_ref().is_some_and(|c| c.code == CloseCode::SlowConsumer) {
             // The client is behind: close at once rather than after a backlog it cannot read.
             return Batch {
                 close,
                 ..Batch::default()
             };
         }
-        let replay_cursor = match &self.mode {
-            Mode::Replaying { cursor, .. } if close.is_none() => Some(*cursor),
+        let replay = match &self.mode {
+            Mode::Replaying { cursor, skip, .. } if close.is_none() => Some(ReplayRound {
+                cursor: *cursor,
+                skip: skip.clone(),
+            }),
             _ => None,
         };
+        if let Some(last) = self.events.back() {
+            self.live.through = last.seq;
+        }
         Batch {
             control: std::mem::take(&mut self.control),
             state: std::mem::take(&mut self.state),
             events: std::mem::take(&mut self.events),
             ping: std::mem::take(&mut self.ping_due),
             close,
-            replay_cursor,
+            replay,
         }
     }
 
@@ -231,7 +282,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use sigmavault_proto::Pattern;
 
     fn ev(seq: u64) -> EventFrame {
         EventFrame {
@@ -247,12 +298,17 @@ mod tests {
         assert_eq!(o.push_events(&[ev(1), ev(2), ev(3)]), Push::Queued);
         assert_eq!(o.push_events(&[ev(4)]), Push::Overflowed);
         assert!(o.events.is_empty());
-        assert_eq!(
-            o.close.as_ref().map(|c| c.code),
-            Some(CloseCode::SlowConsumer)
-        );
+        assert_eq!(o.close.as_ref().map(|c| c.code), Some(CloseCode::SlowConsumer));
         assert_eq!(o.push_events(&[ev(5)]), Push::Queued);
         assert!(o.events.is_empty());
+    }
+
+    #[test]
+    fn one_large_batch_into_an_empty_queue_is_not_slowness() {
+        let mut o = Outbox::new(3);
+        let batch: Vec<EventFrame> = (1..=10).map(ev).collect();
+        assert_eq!(o.push_events(&batch), Push::Queued);
+        assert_eq!(o.events.len(), 10);
     }
 
     #[test]
@@ -278,8 +334,28 @@ mod tests {
             since: 0,
             cursor: 0,
             replayed: 0,
+            id: None,
+            skip: Arc::default(),
         };
         o.push_events(&[ev(1)]);
         assert!(o.events.is_empty());
+    }
+
+    #[test]
+    fn live_log_knows_what_was_delivered() {
+        let set = |p: &[&str]| {
+            Arc::new(SubscriptionSet::from_patterns(
+                p.iter().map(|s| Pattern::parse(s).unwrap()),
+            ))
+        };
+        let log = LiveLog {
+            changes: vec![(10, set(&["notification"])), (20, set(&["notification", "custom.*"]))],
+            through: 30,
+        };
+        assert!(!log.delivered(5, "notification"), "before the connection went live");
+        assert!(log.delivered(15, "notification"));
+        assert!(!log.delivered(15, "custom.x"), "custom.* was subscribed at 20");
+        assert!(log.delivered(21, "custom.x"));
+        assert!(!log.delivered(31, "custom.x"), "not yet taken by the writer");
     }
 }

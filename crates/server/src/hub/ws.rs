@@ -12,8 +12,11 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
-use super::Hub;
+use sigmavault_proto::Pattern;
+
 use super::session::SessionKind;
+use super::subscriptions::{MAX_PATTERNS_PER_CLIENT, Opening};
+use super::{AdmitError, Hub};
 
 /// Largest message the echo endpoint accepts (the Autobahn cases go up to 16 MiB).
 const ECHO_MAX_MESSAGE: usize = 32 << 20;
@@ -22,9 +25,7 @@ const ECHO_MAX_MESSAGE: usize = 32 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
     /// Not a WebSocket upgrade at all (a plain GET).
-    #[error(
-        "this endpoint speaks WebSocket only: send an upgrade request (Connection: Upgrade, Upgrade: websocket)"
-    )]
+    #[error("this endpoint speaks WebSocket only: send an upgrade request (Connection: Upgrade, Upgrade: websocket)")]
     NotUpgrade,
     /// A WebSocket version other than 13.
     #[error("unsupported Sec-WebSocket-Version; only 13 is supported")]
@@ -35,9 +36,12 @@ pub enum UpgradeError {
     /// Malformed `epoch`/`since` query.
     #[error("{0}")]
     BadQuery(String),
-    /// The connection cap is reached or the server is shutting down.
-    #[error("the server is at its connection limit or shutting down; retry later")]
-    Unavailable,
+    /// The connection cap is reached.
+    #[error("the server is at its connection limit; retry later")]
+    Full,
+    /// The server is shutting down.
+    #[error("the server is shutting down")]
+    ShuttingDown,
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -49,84 +53,82 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// Parses `?epoch=E&since=N` (both or neither).
-fn parse_resume_query(query: Option<&str>) -> Result<Option<(String, u64)>, UpgradeError> {
-    let (mut epoch, mut since) = (None, None);
+/// Parses `?types=a,b.*&epoch=E&since=N` (epoch and since both or neither).
+fn parse_opening(query: Option<&str>) -> Result<Opening, UpgradeError> {
+    let (mut epoch, mut since, mut types) = (None, None, None);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
+            "types" => {
+                let decoded = v
+                    .replace("%2A", "*")
+                    .replace("%2a", "*")
+                    .replace("%2C", ",")
+                    .replace("%2c", ",");
+                let patterns = decoded
+                    .split(',')
+                    .filter(|t| !t.is_empty())
+                    .map(Pattern::parse)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| UpgradeError::BadQuery(format!("types: {e}")))?;
+                if patterns.len() > MAX_PATTERNS_PER_CLIENT {
+                    return Err(UpgradeError::BadQuery(format!(
+                        "types: at most {MAX_PATTERNS_PER_CLIENT} patterns"
+                    )));
+                }
+                types = Some(patterns);
+            }
             "epoch" => epoch = Some(v.to_owned()),
             "since" => {
-                since = Some(v.parse::<u64>().map_err(|_| {
-                    UpgradeError::BadQuery(format!(
-                        "since must be a non-negative integer, got {v:?}"
-                    ))
-                })?)
+                since =
+                    Some(v.parse::<u64>().map_err(|_| {
+                        UpgradeError::BadQuery(format!("since must be a non-negative integer, got {v:?}"))
+                    })?)
             }
             _ => {}
         }
     }
-    match (epoch, since) {
-        (Some(e), Some(s)) => Ok(Some((e, s))),
-        (None, None) => Ok(None),
-        _ => Err(UpgradeError::BadQuery(
-            "epoch and since must be given together".into(),
-        )),
-    }
+    let resume = match (epoch, since) {
+        (Some(e), Some(s)) => Some((e, s)),
+        (None, None) => None,
+        _ => return Err(UpgradeError::BadQuery("epoch and since must be given together".into())),
+    };
+    Ok(Opening { types, resume })
 }
 
 /// Validates the upgrade, answers 101 and spawns the connection.
-pub fn upgrade(
-    hub: &Hub,
-    echo: bool,
-    mut req: Request<Body>,
-) -> Result<Response<Body>, UpgradeError> {
+pub fn upgrade(hub: &Hub, echo: bool, mut req: Request<Body>) -> Result<Response<Body>, UpgradeError> {
     let headers = req.headers();
     if !header_has_token(headers, header::CONNECTION, "upgrade")
         || !header_has_token(headers, header::UPGRADE, "websocket")
     {
         return Err(UpgradeError::NotUpgrade);
     }
-    if headers
-        .get(header::SEC_WEBSOCKET_VERSION)
-        .map(|v| v.as_bytes())
-        != Some(b"13")
-    {
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
         return Err(UpgradeError::BadVersion);
     }
-    let key = headers
-        .get(header::SEC_WEBSOCKET_KEY)
-        .ok_or(UpgradeError::BadKey)?;
+    let key = headers.get(header::SEC_WEBSOCKET_KEY).ok_or(UpgradeError::BadKey)?;
     if key.len() != 24 {
         return Err(UpgradeError::BadKey);
     }
     let accept = derive_accept_key(key.as_bytes());
-    let subprotocol = header_has_token(
-        headers,
-        header::SEC_WEBSOCKET_PROTOCOL,
-        sigmavault_proto::SUBPROTOCOL,
-    );
-    let resume = parse_resume_query(req.uri().query())?;
-    let admission = hub.try_admit().ok_or(UpgradeError::Unavailable)?;
+    let subprotocol = header_has_token(headers, header::SEC_WEBSOCKET_PROTOCOL, sigmavault_proto::SUBPROTOCOL);
+    let opening = parse_opening(req.uri().query())?;
+    let admission = hub.try_admit().map_err(|e| match e {
+        AdmitError::Full => UpgradeError::Full,
+        AdmitError::Closing => UpgradeError::ShuttingDown,
+    })?;
     let on_upgrade = hyper::upgrade::on(&mut req);
 
     let cfg = hub.config();
-    let max_message = if echo {
-        ECHO_MAX_MESSAGE
-    } else {
-        cfg.max_message
-    };
+    let max_message = if echo { ECHO_MAX_MESSAGE } else { cfg.max_message };
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(cfg.read_buffer)
         .write_buffer_size(64 * 1024)
         .max_write_buffer_size(max_message.max(1 << 20) * 2 + 64 * 1024)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
-    let kind = if echo {
-        SessionKind::Echo
-    } else {
-        SessionKind::Events
-    };
+    let kind = if echo { SessionKind::Echo } else { SessionKind::Events };
     let task_hub = hub.clone();
     hub.inner.tracker.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -136,10 +138,8 @@ pub fn upgrade(
                 return;
             }
         };
-        let ws =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
-        super::connection::run(task_hub, kind, resume, ws, admission).await;
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
+        super::connection::run(task_hub, kind, opening, ws, admission).await;
     });
 
     let mut builder = Response::builder()
@@ -153,9 +153,7 @@ pub fn upgrade(
             HeaderValue::from_static(sigmavault_proto::SUBPROTOCOL),
         );
     }
-    builder
-        .body(Body::empty())
-        .map_err(|_| UpgradeError::BadKey)
+    builder.body(Body::empty()).map_err(|_| UpgradeError::BadKey)
 }
 
 #[cfg(test)]
@@ -163,13 +161,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resume_query() {
-        assert_eq!(parse_resume_query(None).unwrap(), None);
-        assert_eq!(
-            parse_resume_query(Some("epoch=e&since=4")).unwrap(),
-            Some(("e".into(), 4))
-        );
-        assert!(parse_resume_query(Some("epoch=e")).is_err());
-        assert!(parse_resume_query(Some("epoch=e&since=-1")).is_err());
+    fn opening_query() {
+        assert!(parse_opening(None).unwrap().resume.is_none());
+        assert_eq!(parse_opening(Some("epoch=e&since=4")).unwrap().resume, Some(("e".into(), 4)));
+        assert!(parse_opening(Some("epoch=e")).is_err());
+        assert!(parse_opening(Some("epoch=e&since=-1")).is_err());
+        let o = parse_opening(Some("types=custom.*,notification")).unwrap();
+        assert_eq!(o.types.map(|t| t.len()), Some(2));
+        assert_eq!(parse_opening(Some("types=custom.%2A")).unwrap().types.map(|t| t.len()), Some(1));
+        assert!(parse_opening(Some("types=A")).is_err());
     }
 }

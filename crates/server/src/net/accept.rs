@@ -99,13 +99,10 @@ pub(crate) async fn serve(
         }
         backoff = Duration::from_millis(5);
         configure(&stream, config);
-        let service = tower::ServiceExt::map_request(
-            router.clone(),
-            move |mut req: axum::http::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
-                req
-            },
-        );
+        let service = tower::ServiceExt::map_request(router.clone(), move |mut req: axum::http::Request<Incoming>| {
+            req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+            req
+        });
         let conn = http
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
             .with_upgrades();

@@ -1,0 +1,168 @@
+//! `resume`: replaying missed events from the history, then going live with no
+//! gap and no duplicate at the seam.
+//!
+//! The writer streams the history at the socket's pace while the publish path
+//! skips the session's event queue. The switch back to live happens under the
+//! outbox lock once the cursor equals the head; the publish path stores the head
+//! after appending to the history and before pushing to outboxes, so an event is
+//! either replayed (published before the check) or pushed live (after it).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+
+use sigmavault_proto::server::{Reset, Resumed};
+
+use super::outbox::{EventFrame, LIVE_LOG_MAX, LiveLog, Mode};
+use super::session::Session;
+use super::{Hub, control, error_frame};
+
+/// Result of a `resume` request.
+pub(crate) enum ResumeOutcome {
+    /// Replay scheduled; the writer streams it and then sends `resumed`.
+    Replaying,
+    /// Position cannot be honoured; `reset` was queued.
+    Reset,
+    /// `since` is ahead of the latest seq.
+    SinceAhead { head: u64 },
+    /// Too many subscription changes since the connection went live to tell
+    /// exactly what it already received; an error was queued.
+    Untracked,
+}
+
+impl Hub {
+    /// Handles `resume`: schedules a replay, or queues `reset` / reports `since` ahead.
+    pub(crate) fn resume(&self, session: &Session, epoch: &str, since: u64, id: Option<&Value>) -> ResumeOutcome {
+        let _publish = self.inner.publish.lock();
+        self.resume_locked(session, epoch, since, id)
+    }
+
+    pub(super) fn resume_locked(
+        &self,
+        session: &Session,
+        epoch: &str,
+        since: u64,
+        id: Option<&Value>,
+    ) -> ResumeOutcome {
+        let head = self.head();
+        let oldest = self.inner.history.read().oldest().unwrap_or(head + 1);
+        if epoch != self.inner.epoch {
+            self.queue_reset(
+                session,
+                id,
+                "epoch_mismatch",
+                format!("epoch {epoch:?} is not the current history; refetch state"),
+            );
+            return ResumeOutcome::Reset;
+        }
+        if since > head {
+            return ResumeOutcome::SinceAhead { head };
+        }
+        if since + 1 < oldest {
+            self.queue_reset(
+                session,
+                id,
+                "history_too_old",
+                format!("events after {since} are no longer retained (oldest is {oldest}); refetch state"),
+            );
+            return ResumeOutcome::Reset;
+        }
+        session.with_outbox(|o| {
+            if o.live.changes.len() >= LIVE_LOG_MAX {
+                let msg = "too many subscription changes before resume to replay exactly; \
+                           reconnect and resume first (or use /ws?epoch=&since=)";
+                o.push_control(error_frame(id, "resume_unavailable", msg));
+                return ResumeOutcome::Untracked;
+            }
+            let skip = Arc::new(std::mem::take(&mut o.live));
+            o.events.clear();
+            o.mode = Mode::Replaying {
+                epoch: epoch.to_owned(),
+                since,
+                cursor: since,
+                replayed: 0,
+                id: id.cloned(),
+                skip,
+            };
+            ResumeOutcome::Replaying
+        })
+    }
+
+    fn queue_reset(&self, session: &Session, id: Option<&Value>, reason: &str, message: String) {
+        let head = self.head();
+        let body = Reset {
+            reason: reason.to_owned(),
+            message,
+            epoch: self.inner.epoch.clone(),
+            oldest_seq: self.inner.history.read().oldest().unwrap_or(head + 1),
+            seq: head,
+        };
+        self.inner.counters.resets.fetch_add(1, Ordering::Relaxed);
+        session.with_outbox(|o| o.push_control(control("reset", id, &body)));
+    }
+
+    /// The next replay chunk after `cursor`, or `None` if the ring overtook it.
+    pub(crate) fn history_after(&self, cursor: u64, max: usize) -> Option<Vec<EventFrame>> {
+        self.inner.history.read().after(cursor, max)
+    }
+
+    /// Ends a replay that has reached the head: switches to live and queues
+    /// `resumed` (see the module docs for why this is exact).
+    pub(crate) fn finish_replay(&self, session: &Session, cursor: u64) {
+        let subs = session.subs.lock().clone();
+        session.with_outbox(|o| {
+            let Mode::Replaying {
+                epoch,
+                since,
+                cursor: c,
+                replayed,
+                id,
+                ..
+            } = &o.mode
+            else {
+                return;
+            };
+            if *c != cursor || self.head() != cursor {
+                return;
+            }
+            let body = Resumed {
+                epoch: epoch.clone(),
+                since: *since,
+                through: cursor,
+                replayed: *replayed,
+            };
+            let reply = control("resumed", id.as_ref(), &body);
+            o.mode = Mode::Live;
+            o.live = LiveLog {
+                changes: vec![(cursor, subs)],
+                through: cursor,
+            };
+            o.push_control(reply);
+        });
+    }
+
+    /// Queues `reset` for a replay the ring overtook, and goes live.
+    pub(crate) fn replay_overrun(&self, session: &Session, cursor: u64) {
+        let _publish = self.inner.publish.lock();
+        let head = self.head();
+        let subs = session.subs.lock().clone();
+        let id = match &session.outbox.lock().mode {
+            Mode::Replaying { id, .. } => id.clone(),
+            Mode::Live => None,
+        };
+        self.queue_reset(
+            session,
+            id.as_ref(),
+            "history_overrun",
+            format!("the replay fell behind the history ring at seq {cursor}; refetch state"),
+        );
+        session.with_outbox(|o| {
+            o.mode = Mode::Live;
+            o.live = LiveLog {
+                changes: vec![(head, subs)],
+                through: head,
+            };
+        });
+    }
+}

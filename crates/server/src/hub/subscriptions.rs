@@ -1,0 +1,158 @@
+//! Registering sessions and changing what they receive. Everything here runs
+//! under the publish lock, so a publish sees a session's old or new set, never
+//! half of a change, and `welcome.seq` / `subscribed` are exact cut points.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use serde_json::Value;
+
+use sigmavault_proto::server::{Limits, Subscriptions, Welcome};
+use sigmavault_proto::{CloseCode, Pattern, SubscriptionSet};
+
+use super::session::{Session, SessionKind};
+use super::{Hub, control, error_frame};
+
+/// Most patterns one connection may hold.
+pub(crate) const MAX_PATTERNS_PER_CLIENT: usize = 256;
+
+/// How a new connection starts, from the upgrade request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Opening {
+    /// `?types=`: the initial subscription set instead of the defaults.
+    pub(crate) types: Option<Vec<Pattern>>,
+    /// `?epoch=&since=`: replay from here before going live.
+    pub(crate) resume: Option<(String, u64)>,
+}
+
+impl Hub {
+    /// Registers a new session: queues `welcome` and current state values, and
+    /// starts a replay when the upgrade asked for one.
+    pub(crate) fn register(&self, kind: SessionKind, opening: Opening) -> Arc<Session> {
+        let inner = &*self.inner;
+        let subs = match (kind, opening.types) {
+            (SessionKind::Echo, _) => Arc::new(SubscriptionSet::new()),
+            (SessionKind::Events, Some(types)) => Arc::new(SubscriptionSet::from_patterns(types)),
+            (SessionKind::Events, None) => inner.default_subs.clone(),
+        };
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let session = Session::new(
+            id,
+            kind,
+            subs.clone(),
+            inner.cfg.queue,
+            self.now_ms(),
+            inner.abort_all.child_token(),
+        );
+
+        let mut publish = inner.publish.lock();
+        inner.sessions.write().insert(id, session.clone());
+        publish.subscribers.clear();
+        if kind == SessionKind::Events {
+            inner.event_clients.fetch_add(1, Ordering::Relaxed);
+            let head = self.head();
+            let welcome = Welcome {
+                client_id: session.client_id.to_string(),
+                server_version: crate::VERSION.to_owned(),
+                protocol_version: sigmavault_proto::PROTOCOL_VERSION,
+                epoch: inner.epoch.clone(),
+                seq: head,
+                subscriptions: subs.to_strings(),
+                ping_interval_ms: inner.cfg.ping_interval.as_millis() as u64,
+                pong_timeout_ms: inner.cfg.pong_timeout.as_millis() as u64,
+                limits: Limits {
+                    max_message_bytes: inner.cfg.max_message,
+                    queue_events: inner.cfg.queue,
+                    inbound_per_second: inner.cfg.rate_limit,
+                    inbound_burst: inner.cfg.rate_burst,
+                },
+            };
+            session.with_outbox(|o| {
+                o.push_control(control("welcome", None, &welcome));
+                o.log_live_change(head, subs.clone());
+            });
+            self.push_current_state(&session, &subs, None);
+            if let Some((epoch, since)) = opening.resume {
+                if let super::resume::ResumeOutcome::SinceAhead { head } =
+                    self.resume_locked(&session, &epoch, since, None)
+                {
+                    let msg = format!("since {since} is ahead of the latest seq {head}");
+                    session.with_outbox(|o| o.push_control(error_frame(None, "since_ahead", &msg)));
+                }
+            }
+        }
+        if self.is_closing() {
+            session.with_outbox(|o| o.request_close(CloseCode::GoingAway, "server shutting down"));
+        }
+        drop(publish);
+        session
+    }
+
+    /// Removes a finished session.
+    pub(crate) fn unregister(&self, session: &Session) {
+        let mut publish = self.inner.publish.lock();
+        if self.inner.sessions.write().remove(&session.id).is_some() && session.kind == SessionKind::Events {
+            self.inner.event_clients.fetch_sub(1, Ordering::Relaxed);
+        }
+        publish.subscribers.clear();
+    }
+
+    /// Queues the current value of every state topic the client newly matches.
+    fn push_current_state(&self, session: &Session, subs: &SubscriptionSet, before: Option<&SubscriptionSet>) {
+        let state = self.inner.state.read();
+        let fresh = state
+            .values()
+            .filter(|f| subs.matches(&f.kind) && !before.is_some_and(|b| b.matches(&f.kind)));
+        session.with_outbox(|o| fresh.for_each(|f| o.push_state(f.clone())));
+    }
+
+    /// Adds patterns; queues `subscribed` (after which matching messages flow) and
+    /// the current values of newly matched state topics.
+    pub(crate) fn subscribe(&self, session: &Session, patterns: Vec<Pattern>, id: Option<&Value>) {
+        let mut publish = self.inner.publish.lock();
+        let (before, after) = {
+            let mut subs = session.subs.lock();
+            let mut next = (**subs).clone();
+            next.add(patterns);
+            if next.len() > MAX_PATTERNS_PER_CLIENT {
+                drop(subs);
+                let msg = format!("a connection may hold at most {MAX_PATTERNS_PER_CLIENT} patterns");
+                session.with_outbox(|o| o.push_control(error_frame(id, "bad_request", &msg)));
+                return;
+            }
+            let before = std::mem::replace(&mut *subs, Arc::new(next));
+            (before, subs.clone())
+        };
+        publish.subscribers.clear();
+        let head = self.head();
+        let reply = Subscriptions {
+            subscriptions: after.to_strings(),
+        };
+        session.with_outbox(|o| {
+            o.log_live_change(head, after.clone());
+            o.push_control(control("subscribed", id, &reply));
+        });
+        self.push_current_state(session, &after, Some(&before));
+    }
+
+    /// Removes patterns and purges queued messages that no longer match, so
+    /// nothing of an unsubscribed type follows `unsubscribed`.
+    pub(crate) fn unsubscribe(&self, session: &Session, patterns: &[Pattern], id: Option<&Value>) {
+        let mut publish = self.inner.publish.lock();
+        let after = {
+            let mut subs = session.subs.lock();
+            Arc::make_mut(&mut subs).remove(patterns);
+            subs.clone()
+        };
+        publish.subscribers.clear();
+        let head = self.head();
+        let reply = Subscriptions {
+            subscriptions: after.to_strings(),
+        };
+        session.with_outbox(|o| {
+            o.purge_unsubscribed(&after);
+            o.log_live_change(head, after.clone());
+            o.push_control(control("unsubscribed", id, &reply));
+        });
+    }
+}
