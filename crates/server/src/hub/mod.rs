@@ -128,7 +128,7 @@ struct HubInner {
     /// All open sessions. Written under `publish`; read by the sweeper and stats.
     sessions: RwLock<HashMap<u64, Arc<Session>>>,
     /// Latest value of every state topic and key, for new subscribers.
-    state: RwLock<HashMap<(Arc<str>, Option<Arc<str>>), StateFrame>>,
+    state: RwLock<HashMap<StateKey, StateFrame>>,
     counters: Counters,
     /// The subscription set every new `/ws` connection starts with (shared).
     default_subs: Arc<SubscriptionSet>,
@@ -142,6 +142,9 @@ struct HubInner {
     abort_all: CancellationToken,
     tracker: TaskTracker,
 }
+
+/// A state topic and the subject within it.
+type StateKey = (Arc<str>, Option<Arc<str>>);
 
 /// Guarded by `HubInner::publish`.
 struct PublishState {

@@ -17,6 +17,14 @@ use super::{Hub, NewEvent, PublishError, PublishState, timestamp};
 /// publishing many distinct `custom.*` types cannot grow memory without limit.
 const SUBSCRIBER_CACHE_MAX: usize = 1024;
 
+/// A message with its payload encoded, waiting for its seq.
+struct Prepared {
+    kind: Arc<str>,
+    class: DeliveryClass,
+    key: Option<Arc<str>>,
+    data: String,
+}
+
 /// A prepared frame inside `publish`.
 enum Frame {
     Event(EventFrame),
@@ -37,7 +45,7 @@ impl Hub {
     /// state-class messages, which carry none).
     pub fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Option<u64>>, PublishError> {
         // Serialise payloads before taking the lock; only the envelope needs the seq.
-        let prepared: Vec<(Arc<str>, DeliveryClass, Option<Arc<str>>, String)> = events
+        let prepared: Vec<Prepared> = events
             .into_iter()
             .map(|e| {
                 let info = topic_info(&e.kind);
@@ -45,7 +53,12 @@ impl Hub {
                     Value::String(s) => Arc::from(s.as_str()),
                     other => Arc::from(other.to_string()),
                 });
-                (Arc::from(e.kind), info.class, key, e.data.to_string())
+                Prepared {
+                    kind: Arc::from(e.kind),
+                    class: info.class,
+                    key,
+                    data: e.data.to_string(),
+                }
             })
             .collect();
 
@@ -60,7 +73,7 @@ impl Hub {
         let mut frames: Vec<Frame> = Vec::with_capacity(prepared.len());
         {
             let mut history = inner.history.write();
-            for (kind, class, key, data) in prepared {
+            for Prepared { kind, class, key, data } in prepared {
                 match class {
                     DeliveryClass::Event => {
                         let seq = publish.next_seq;

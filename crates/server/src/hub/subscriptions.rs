@@ -10,6 +10,7 @@ use serde_json::Value;
 use sigmavault_proto::server::{Limits, Subscriptions, Welcome};
 use sigmavault_proto::{CloseCode, Pattern, SubscriptionSet};
 
+use super::resume::ResumeOutcome;
 use super::session::{Session, SessionKind};
 use super::{Hub, control, error_frame};
 
@@ -72,13 +73,11 @@ impl Hub {
                 o.log_live_change(head, subs.clone());
             });
             self.push_current_state(&session, &subs, None);
-            if let Some((epoch, since)) = opening.resume {
-                if let super::resume::ResumeOutcome::SinceAhead { head } =
-                    self.resume_locked(&session, &epoch, since, None)
-                {
-                    let msg = format!("since {since} is ahead of the latest seq {head}");
-                    session.with_outbox(|o| o.push_control(error_frame(None, "since_ahead", &msg)));
-                }
+            if let Some((epoch, since)) = opening.resume
+                && let ResumeOutcome::SinceAhead { head } = self.resume_locked(&session, &epoch, since, None)
+            {
+                let msg = format!("since {since} is ahead of the latest seq {head}");
+                session.with_outbox(|o| o.push_control(error_frame(None, "since_ahead", &msg)));
             }
         }
         if self.is_closing() {

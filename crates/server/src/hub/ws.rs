@@ -163,12 +163,18 @@ mod tests {
     #[test]
     fn opening_query() {
         assert!(parse_opening(None).unwrap().resume.is_none());
-        assert_eq!(parse_opening(Some("epoch=e&since=4")).unwrap().resume, Some(("e".into(), 4)));
+        assert_eq!(
+            parse_opening(Some("epoch=e&since=4")).unwrap().resume,
+            Some(("e".into(), 4))
+        );
         assert!(parse_opening(Some("epoch=e")).is_err());
         assert!(parse_opening(Some("epoch=e&since=-1")).is_err());
         let o = parse_opening(Some("types=custom.*,notification")).unwrap();
         assert_eq!(o.types.map(|t| t.len()), Some(2));
-        assert_eq!(parse_opening(Some("types=custom.%2A")).unwrap().types.map(|t| t.len()), Some(1));
+        assert_eq!(
+            parse_opening(Some("types=custom.%2A")).unwrap().types.map(|t| t.len()),
+            Some(1)
+        );
         assert!(parse_opening(Some("types=A")).is_err());
     }
 }
