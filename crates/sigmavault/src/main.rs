@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (HTTP API under /api/v1 and the WebSocket hub at /ws).
-    Serve(sigmavault_server::config::ServeArgs),
+    Serve(Box<sigmavault_server::config::ServeArgs>),
     /// Connect to a server and print every message, reconnecting and resuming.
     Watch(watch::WatchArgs),
     /// Load-test a running server's hub and report throughput, latency and memory.
@@ -31,7 +31,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => sigmavault_server::cli::serve_main(args),
+        Command::Serve(args) => sigmavault_server::cli::serve_main(*args),
         Command::Watch(args) => report(watch::run(args)),
         Command::Bench(args) => report(bench::run(args)),
     }

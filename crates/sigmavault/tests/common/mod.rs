@@ -1,0 +1,289 @@
+//! Runs the real `sigmavault` binary as a child process and talks to it the way
+//! an operator's tools would: its stdout, its stderr, signals via `kill`, and
+//! HTTP over a plain socket.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Generous functional deadline for "should happen" waits.
+pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sigmavault")
+}
+
+/// A `sigmavault` command with a clean environment: no stray `SIGMAVAULT_*` or
+/// `RUST_LOG` from the developer's shell changes what is tested.
+pub fn command(program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    cmd.env_clear();
+    if let Ok(path) = std::env::var("PATH") {
+        cmd.env("PATH", path);
+    }
+    cmd
+}
+
+/// A finished process: status and everything it printed.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion, killing it (and failing) if it outlives `within`.
+pub fn run_to_exit(mut cmd: Command, within: Duration) -> Finished {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = read_all_in_background(child.stdout.take().expect("stdout"));
+    let stderr = read_all_in_background(child.stderr.take().expect("stderr"));
+    let status = wait_timeout(&mut child, within).unwrap_or_else(|| {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("process still running after {within:?}");
+    });
+    Finished {
+        status,
+        stdout: stdout.join().expect("stdout reader"),
+        stderr: stderr.join().expect("stderr reader"),
+    }
+}
+
+fn read_all_in_background(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut s = String::new();
+        let _ = r.read_to_string(&mut s);
+        s
+    })
+}
+
+/// Polls for the child's exit; `None` if it is still running after `within`.
+pub fn wait_timeout(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends a signal with the `kill` command (no libc in tests either).
+pub fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// A running `sigmavault serve`.
+pub struct Server {
+    pub child: Child,
+    pub addr: SocketAddr,
+    /// The first stdout line, verbatim.
+    pub listening_line: String,
+    /// stdout after the first line (there should be none).
+    more_stdout: mpsc::Receiver<String>,
+    /// Every stderr line so far (the log).
+    pub stderr: Arc<Mutex<Vec<String>>>,
+    _data: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `serve --port 0 --data-dir <temp>` plus `args`, optionally under a
+    /// wrapper (`prlimit ...`) that execs the binary, and waits for the listening line.
+    pub fn start(wrapper: &[&str], args: &[&str]) -> Server {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = command(program);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => command(bin()),
+        };
+        cmd.arg("serve")
+            .args(["--port", "0", "--data-dir"])
+            .arg(data.path())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn sigmavault serve");
+
+        let (line_tx, line_rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line_tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = stderr.clone();
+        let err_pipe = child.stderr.take().expect("stderr");
+        thread::spawn(move || {
+            for line in BufReader::new(err_pipe).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().expect("stderr lines").push(line);
+            }
+        });
+
+        let listening_line = match line_rx.recv_timeout(WAIT) {
+            Ok(line) => line,
+            Err(e) => {
+                let _ = child.kill();
+                let log = stderr.lock().expect("stderr lines").join("\n");
+                panic!("no listening line ({e}); stderr:\n{log}");
+            }
+        };
+        let addr = listening_line
+            .strip_prefix("listening on http://")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first stdout line: {listening_line:?}"));
+        Server {
+            child,
+            addr,
+            listening_line,
+            more_stdout: line_rx,
+            stderr,
+            _data: data,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// stdout lines after the listening line, so far.
+    pub fn extra_stdout(&self) -> Vec<String> {
+        self.more_stdout.try_iter().collect()
+    }
+
+    /// stderr lines that contain `needle`.
+    pub fn log_lines_with(&self, needle: &str) -> Vec<String> {
+        self.stderr
+            .lock()
+            .expect("stderr lines")
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().expect("stderr lines").join("\n")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// SIGTERM, then the exit status (fails if it does not exit within [`WAIT`]).
+    pub fn terminate(&mut self) -> ExitStatus {
+        signal(self.pid(), "TERM");
+        match wait_timeout(&mut self.child, WAIT) {
+            Some(status) => status,
+            None => panic!("no exit within {WAIT:?} of SIGTERM; log:\n{}", self.log()),
+        }
+    }
+
+    /// User + system CPU time so far, from /proc/PID/stat.
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.pid())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Clock ticks per second for /proc times (`getconf CLK_TCK`, normally 100).
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// utime + stime of a process.
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    cpu_time_from_stat(&stat, clock_ticks())
+}
+
+/// Parses utime and stime (fields 14 and 15) from a /proc/PID/stat line; the
+/// command name in field 2 may contain spaces, so count from its closing ')'.
+pub fn cpu_time_from_stat(stat: &str, ticks_per_sec: u64) -> Duration {
+    let rest = &stat[stat.rfind(')').expect("comm field") + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 1000 / ticks_per_sec)
+}
+
+/// One HTTP/1.1 GET over a fresh socket; the status code and body, or the I/O error.
+pub fn http_get(addr: SocketAddr, path: &str, within: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, within)?;
+    s.set_read_timeout(Some(within))?;
+    s.set_write_timeout(Some(within))?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Retries [`http_get`] until it answers or `within` passes.
+pub fn http_get_eventually(addr: SocketAddr, path: &str, within: Duration) -> (u16, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        match http_get(addr, path, Duration::from_secs(2)) {
+            Ok(r) => return r,
+            Err(e) if Instant::now() >= deadline => panic!("GET {path} never answered: {e}"),
+            Err(_) => thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write file");
+    path
+}
