@@ -1,6 +1,5 @@
 //! Subscription patterns: an exact event type, `prefix.*`, or `*`.
 
-use std::collections::BTreeSet;
 use std::fmt;
 
 /// Longest pattern or event type accepted, in bytes.
@@ -98,9 +97,13 @@ impl fmt::Display for Pattern {
 }
 
 /// The set of patterns one client is subscribed to.
+///
+/// A sorted, deduplicated `Vec`: sets are small, matching walks every pattern
+/// anyway, and a `BTreeSet` node costs ~400 bytes even for one pattern, which
+/// matters with tens of thousands of connections.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubscriptionSet {
-    patterns: BTreeSet<Pattern>,
+    patterns: Vec<Pattern>,
 }
 
 impl SubscriptionSet {
@@ -111,25 +114,29 @@ impl SubscriptionSet {
 
     /// Builds a set from already-parsed patterns.
     pub fn from_patterns(patterns: impl IntoIterator<Item = Pattern>) -> Self {
-        SubscriptionSet {
-            patterns: patterns.into_iter().collect(),
-        }
+        let mut set = SubscriptionSet::default();
+        set.add(patterns);
+        set
     }
 
     /// Adds patterns; returns whether the set changed.
     pub fn add(&mut self, patterns: impl IntoIterator<Item = Pattern>) -> bool {
         let before = self.patterns.len();
         self.patterns.extend(patterns);
+        self.patterns.sort_unstable();
+        self.patterns.dedup();
+        self.patterns.shrink_to_fit();
         self.patterns.len() != before
     }
 
     /// Removes patterns (exactly as subscribed); returns whether the set changed.
     pub fn remove<'a>(&mut self, patterns: impl IntoIterator<Item = &'a Pattern>) -> bool {
-        let mut changed = false;
+        let before = self.patterns.len();
         for p in patterns {
-            changed |= self.patterns.remove(p);
+            self.patterns.retain(|q| q != p);
         }
-        changed
+        self.patterns.shrink_to_fit();
+        self.patterns.len() != before
     }
 
     /// Whether any pattern matches the event type.
@@ -147,12 +154,12 @@ impl SubscriptionSet {
         self.patterns.is_empty()
     }
 
-    /// The patterns, sorted.
+    /// The patterns in canonical order (`*`, then `prefix.*`, then exact types).
     pub fn iter(&self) -> impl Iterator<Item = &Pattern> {
         self.patterns.iter()
     }
 
-    /// The patterns as strings, sorted, for replies.
+    /// The patterns as strings, in canonical order, for replies.
     pub fn to_strings(&self) -> Vec<String> {
         self.patterns.iter().map(ToString::to_string).collect()
     }

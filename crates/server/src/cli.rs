@@ -33,7 +33,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let want = config.listen_addr();
-        let listener = match tokio::net::TcpListener::bind(want).await {
+        let listener = match crate::net::bind(want) {
             Ok(l) => l,
             Err(e) => {
                 eprintln!("sigmavault: cannot listen on {want}: {e}");

@@ -49,7 +49,7 @@ pub struct ServeArgs {
     /// Kernel send buffer per WebSocket (SO_SNDBUF), so a non-reader is noticed fast [default: 256KiB].
     #[arg(long)]
     pub ws_send_buffer: Option<String>,
-    /// Initial read buffer per WebSocket [default: 4KiB].
+    /// Initial read buffer per WebSocket; grows for larger messages [default: 1KiB].
     #[arg(long)]
     pub ws_read_buffer: Option<String>,
     /// Sustained inbound messages per second per connection [default: 50].
@@ -188,7 +188,7 @@ impl Default for Config {
             ws_max_message: 64 * 1024,
             ws_write_timeout: Duration::from_secs(10),
             ws_send_buffer: 256 * 1024,
-            ws_read_buffer: 4 * 1024,
+            ws_read_buffer: 1024,
             ws_rate_limit: 50,
             ws_rate_burst: 100,
             max_connections: default_max_connections(),

@@ -8,7 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod hub;
-mod net;
+pub mod net;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,9 +113,7 @@ impl RunningServer {
 /// Binds `config.listen_addr()` and runs the server on a new task.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let want = config.listen_addr();
-    let listener = TcpListener::bind(want)
-        .await
-        .map_err(|source| ServerError::Bind { addr: want, source })?;
+    let listener = net::bind(want).map_err(|source| ServerError::Bind { addr: want, source })?;
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run(config, listener, shutdown.clone()));

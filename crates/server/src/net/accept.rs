@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 
 /// Largest request head (request line + headers) hyper buffers; larger → 431.
-pub(crate) const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// How often a persisting accept error is logged.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
