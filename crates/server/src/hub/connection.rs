@@ -10,21 +10,23 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::stream::{SplitSink, SplitStream};
+use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Error as WsError;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::error::ProtocolError;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message};
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use sigmavault_proto::CloseCode;
 
 use super::echo::EchoInbound;
 use super::inbound::{HubInbound, Inbound};
-use super::outbox::{Batch, CloseRequest, Mode, ReplayRound};
+use super::outbox::{Batch, CloseRequest, EventFrame, Mode, ReplayRound};
 use super::session::{Session, SessionKind};
 use super::subscriptions::Opening;
+use super::wire::{self, ReaderIo};
 use super::{Admission, Hub};
 
 /// History frames written per replay round; small enough that control replies
@@ -35,14 +37,25 @@ const REPLAY_CHUNK: usize = 256;
 const MAX_CLOSE_REASON: usize = 123;
 
 /// Runs a connection to completion; returns when the socket is closed.
-pub(crate) async fn run<S>(hub: Hub, kind: SessionKind, opening: Opening, ws: WebSocketStream<S>, admission: Admission)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+pub(crate) async fn run<S>(
+    hub: Hub,
+    kind: SessionKind,
+    opening: Opening,
+    io: S,
+    ws_config: WebSocketConfig,
+    admission: Admission,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let session = hub.register(kind, opening);
     hub.counters().connections_total.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(client_id = %session.client_id, ?kind, "websocket connected");
-    let (sink, stream) = ws.split();
+    let (read, mut write) = tokio::io::split(io);
+    let reader_io = ReaderIo {
+        read,
+        session: session.clone(),
+    };
+    let stream = WebSocketStream::from_raw_socket(reader_io, Role::Server, Some(ws_config)).await;
     let reader = match kind {
         SessionKind::Events => {
             let inbound = HubInbound::new(hub.clone(), session.clone());
@@ -59,7 +72,7 @@ where
                 .spawn(read_loop(hub.clone(), session.clone(), stream, inbound))
         }
     };
-    let outcome = write_loop(&hub, &session, sink, reader).await;
+    let outcome = write_loop(&hub, &session, &mut write, reader).await;
     hub.unregister(&session);
     drop(admission);
     tracing::debug!(
@@ -70,16 +83,18 @@ where
     );
 }
 
+type Reader<S> = WebSocketStream<ReaderIo<S>>;
+
 /// Reads until the peer closes, errs or goes silent, then hands the close to the writer.
-async fn read_loop<S, I>(hub: Hub, session: Arc<Session>, mut stream: SplitStream<WebSocketStream<S>>, mut inbound: I)
+async fn read_loop<S, I>(hub: Hub, session: Arc<Session>, mut stream: Reader<S>, mut inbound: I)
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Send + 'static,
     I: Inbound,
 {
     loop {
         let next = tokio::select! {
             biased;
-            _ = session.abort.cancelled() => return,
+            _ = session.abort.reader_aborted() => return,
             next = stream.next() => next,
         };
         let result = match next {
@@ -91,7 +106,11 @@ where
                     Message::Binary(data) => inbound
                         .on_binary(data)
                         .map_err(|code| Some((code, "binary frames are not supported".to_owned()))),
-                    Message::Close(_) => Err(None),
+                    Message::Close(_) => {
+                        // Let tungstenite hand its close reply to the writer (via ReaderIo).
+                        let _ = stream.flush().await;
+                        Err(None)
+                    }
                     Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => Ok(()),
                 }
             }
@@ -139,32 +158,30 @@ async fn next_batch(session: &Session) -> Batch {
     .await
 }
 
-type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
-
 /// Drains the outbox to the socket until the connection ends. Returns a short
 /// description of how it ended, for the log.
-async fn write_loop<S>(
+async fn write_loop<W>(
     hub: &Hub,
     session: &Arc<Session>,
-    mut sink: Sink<S>,
+    w: &mut W,
     reader: tokio::task::JoinHandle<()>,
 ) -> &'static str
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
 {
     let mut reader = Some(reader);
     let outcome = loop {
         let mut batch = tokio::select! {
             biased;
-            _ = session.abort.cancelled() => break "aborted",
+            _ = session.abort.writer_aborted() => break "aborted",
             batch = next_batch(session) => batch,
         };
-        let close = batch.close.clone();
+        let close = batch.close.take();
         let replay = batch.replay.take();
         let written = tokio::select! {
             biased;
-            _ = session.abort.cancelled() => break "aborted",
-            r = write_batch(hub, session, &mut sink, batch) => r,
+            _ = session.abort.writer_aborted() => break "aborted",
+            r = write_batch(hub, session, w, batch) => r,
         };
         if written.is_err() {
             break "peer gone";
@@ -172,15 +189,15 @@ where
         if let Some(round) = replay {
             let replayed = tokio::select! {
                 biased;
-                _ = session.abort.cancelled() => break "aborted",
-                r = replay_step(hub, session, &mut sink, round) => r,
+                _ = session.abort.writer_aborted() => break "aborted",
+                r = replay_step(hub, session, w, round) => r,
             };
             if replayed.is_err() {
                 break "peer gone";
             }
         }
         if let Some(close) = close {
-            break send_close(hub, session, &mut sink, &mut reader, close).await;
+            break send_close(hub, session, w, &mut reader, close).await;
         }
     };
     session.write_started_ms.store(0, Ordering::Relaxed);
@@ -191,44 +208,48 @@ where
     outcome
 }
 
-/// Writes one batch and flushes once.
-async fn write_batch<S>(hub: &Hub, session: &Session, sink: &mut Sink<S>, batch: Batch) -> Result<(), WsError>
+/// Writes frames with vectored I/O, marking the write for the stall detector.
+async fn write_frames<W>(hub: &Hub, session: &Session, w: &mut W, frames: &mut [Bytes]) -> std::io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
 {
-    let frames = batch.control.len() + batch.state.len() + batch.events.len() + usize::from(batch.ping);
-    if frames == 0 {
+    if frames.is_empty() {
         return Ok(());
     }
     session.write_started_ms.store(hub.now_ms().max(1), Ordering::Relaxed);
-    for msg in batch.control {
-        sink.feed(msg).await?;
-    }
-    let delivered = (batch.state.len() + batch.events.len()) as u64;
-    for state in batch.state {
-        sink.feed(Message::Text(state.bytes)).await?;
-    }
-    let mut last_seq = None;
-    for event in batch.events {
-        last_seq = Some(event.seq);
-        sink.feed(Message::Text(event.bytes)).await?;
-    }
-    if batch.ping {
-        sink.feed(Message::Ping(Bytes::new())).await?;
-    }
-    sink.flush().await?;
+    let result = wire::write_all(w, frames).await;
     session.write_started_ms.store(0, Ordering::Relaxed);
+    result
+}
+
+/// Writes one batch: control replies, then state, then events, then a ping.
+async fn write_batch<W>(hub: &Hub, session: &Session, w: &mut W, batch: Batch) -> std::io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let delivered = (batch.state.len() + batch.events.len()) as u64;
+    let last_seq = batch.events.back().map(|e| e.seq);
+    let mut frames: Vec<Bytes> = Vec::with_capacity(batch.control.len() + batch.state.len() + batch.events.len() + 1);
+    frames.extend(batch.control);
+    frames.extend(batch.state.into_iter().map(|s| s.bytes));
+    frames.extend(batch.events.into_iter().map(|e| e.bytes));
+    if batch.ping {
+        frames.push(wire::ping());
+    }
+    write_frames(hub, session, w, &mut frames).await?;
     if let Some(seq) = last_seq {
         session.last_delivered_seq.store(seq, Ordering::Relaxed);
     }
-    hub.counters().delivered.fetch_add(delivered, Ordering::Relaxed);
+    if delivered > 0 {
+        hub.counters().delivered.fetch_add(delivered, Ordering::Relaxed);
+    }
     Ok(())
 }
 
-/// Streams one chunk of history after `cursor`, or finishes the replay.
-async fn replay_step<S>(hub: &Hub, session: &Session, sink: &mut Sink<S>, round: ReplayRound) -> Result<(), WsError>
+/// Streams one chunk of history after the cursor, or finishes the replay.
+async fn replay_step<W>(hub: &Hub, session: &Session, w: &mut W, round: ReplayRound) -> std::io::Result<()>
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
 {
     let cursor = round.cursor;
     let Some(chunk) = hub.history_after(cursor, REPLAY_CHUNK) else {
@@ -240,15 +261,10 @@ where
         return Ok(());
     };
     let subs = session.subs.lock().clone();
-    session.write_started_ms.store(hub.now_ms().max(1), Ordering::Relaxed);
-    let mut sent = 0u64;
-    let wanted = |f: &super::outbox::EventFrame| subs.matches(&f.kind) && !round.skip.delivered(f.seq, &f.kind);
-    for frame in chunk.into_iter().filter(wanted) {
-        sink.feed(Message::Text(frame.bytes)).await?;
-        sent += 1;
-    }
-    sink.flush().await?;
-    session.write_started_ms.store(0, Ordering::Relaxed);
+    let wanted = |f: &EventFrame| subs.matches(&f.kind) && !round.skip.delivered(f.seq, &f.kind);
+    let mut frames: Vec<Bytes> = chunk.into_iter().filter(wanted).map(|f| f.bytes).collect();
+    let sent = frames.len() as u64;
+    write_frames(hub, session, w, &mut frames).await?;
     if sent > 0 {
         session.last_delivered_seq.store(last, Ordering::Relaxed);
         hub.counters().delivered.fetch_add(sent, Ordering::Relaxed);
@@ -266,27 +282,26 @@ where
     Ok(())
 }
 
-/// Sends our close frame (unless the peer closed first) and waits briefly for the
-/// peer's reply, so the close handshake completes whenever the peer is alive.
-async fn send_close<S>(
+/// Sends our close frame (unless the peer closed first, in which case its reply
+/// already went out with the last batch) and waits briefly for the peer's
+/// reply, so the close handshake completes whenever the peer is alive.
+async fn send_close<W>(
     hub: &Hub,
     session: &Session,
-    sink: &mut Sink<S>,
+    w: &mut W,
     reader: &mut Option<tokio::task::JoinHandle<()>>,
     close: CloseRequest,
 ) -> &'static str
 where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin,
 {
-    let grace = hub.config().pong_timeout.min(Duration::from_secs(2));
     if close.by_peer {
-        // tungstenite queued its reply to the peer's close; push it out.
-        let _ = tokio::time::timeout(grace, sink.flush()).await;
         return "closed by peer";
     }
+    let grace = hub.config().pong_timeout.min(Duration::from_secs(2));
     let mut reason = if close.code == CloseCode::SlowConsumer {
         format!(
-            "slow_consumer last_seq={}",
+            "slow_consumer: last_seq={}",
             session.last_delivered_seq.load(Ordering::Relaxed)
         )
     } else if close.reason.is_empty() {
@@ -295,17 +310,12 @@ where
         format!("{}: {}", close.code.name(), close.reason)
     };
     truncate_at_char(&mut reason, MAX_CLOSE_REASON);
-    let frame = CloseFrame {
-        code: close.code.code().into(),
-        reason: reason.into(),
-    };
-    session.write_started_ms.store(hub.now_ms().max(1), Ordering::Relaxed);
+    let mut frame = [wire::close(close.code.code(), &reason)];
     let sent = tokio::select! {
         biased;
-        _ = session.abort.cancelled() => false,
-        r = sink.send(Message::Close(Some(frame))) => r.is_ok(),
+        _ = session.abort.writer_aborted() => false,
+        r = write_frames(hub, session, w, &mut frame) => r.is_ok(),
     };
-    session.write_started_ms.store(0, Ordering::Relaxed);
     if sent && let Some(handle) = reader.as_mut() {
         // The reader ends when the peer's close reply arrives.
         if tokio::time::timeout(grace, handle).await.is_ok() {

@@ -7,12 +7,13 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use sigmavault_proto::CloseCode;
 
 use super::inbound::Inbound;
 use super::session::Session;
+use super::wire::{self, OpCode};
 
 /// Echoes data messages through the session's outbox (and so through the writer task).
 pub(crate) struct EchoInbound {
@@ -21,12 +22,13 @@ pub(crate) struct EchoInbound {
 
 impl Inbound for EchoInbound {
     fn on_text(&mut self, text: Utf8Bytes) -> Result<(), CloseCode> {
-        self.session.with_outbox(|o| o.push_control(Message::Text(text)));
+        self.session.with_outbox(|o| o.push_control(wire::text(&text)));
         Ok(())
     }
 
     fn on_binary(&mut self, data: Bytes) -> Result<(), CloseCode> {
-        self.session.with_outbox(|o| o.push_control(Message::Binary(data)));
+        self.session
+            .with_outbox(|o| o.push_control(wire::frame(OpCode::Binary, &data)));
         Ok(())
     }
 }

@@ -57,14 +57,14 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
     use std::sync::Arc;
-    use tokio_tungstenite::tungstenite::Utf8Bytes;
 
     fn ev(seq: u64) -> EventFrame {
         EventFrame {
             seq,
             kind: Arc::from("custom.x"),
-            bytes: Utf8Bytes::from(String::new()),
+            bytes: Bytes::new(),
         }
     }
 

@@ -10,6 +10,7 @@
 //! replay/live seam exact.
 
 mod connection;
+mod delivered;
 mod echo;
 mod history;
 mod inbound;
@@ -21,6 +22,7 @@ mod resume;
 mod session;
 mod stats;
 mod subscriptions;
+mod wire;
 pub mod ws;
 
 use std::collections::HashMap;
@@ -28,9 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -138,7 +140,7 @@ struct HubInner {
     /// Open `/ws` sessions (echo sessions excluded).
     event_clients: AtomicUsize,
     closing: AtomicBool,
-    /// Parent of every session's abort token: cancelled when the grace period ends.
+    /// Cancelled when the shutdown grace period ends: every session is aborted.
     abort_all: CancellationToken,
     tracker: TaskTracker,
 }
@@ -216,6 +218,18 @@ impl Hub {
             .tracker
             .spawn(keepalive::sweeper(self.clone(), shutdown.clone()));
         self.inner.tracker.spawn(keepalive::heartbeat(self.clone(), shutdown));
+        let hub = self.clone();
+        // Not on the tracker: it must outlive the wait for the tracker.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = hub.inner.abort_all.cancelled() => {
+                    for s in hub.inner.sessions.read().values() {
+                        s.abort.abort();
+                    }
+                }
+                _ = hub.inner.tracker.wait() => {}
+            }
+        });
     }
 
     /// The hub's settings.
@@ -289,13 +303,13 @@ impl Hub {
 }
 
 /// Encodes a per-connection control frame (welcome, replies, errors).
-pub(crate) fn control(kind: &str, id: Option<&Value>, data: &impl serde::Serialize) -> Message {
+pub(crate) fn control(kind: &str, id: Option<&Value>, data: &impl serde::Serialize) -> Bytes {
     let data = serde_json::to_string(data).unwrap_or_else(|_| "{}".to_owned());
-    Message::Text(Utf8Bytes::from(encode(kind, &timestamp(), None, id, &data)))
+    wire::text(&encode(kind, &timestamp(), None, id, &data))
 }
 
 /// An `error` frame.
-pub(crate) fn error_frame(id: Option<&Value>, code: &str, message: &str) -> Message {
+pub(crate) fn error_frame(id: Option<&Value>, code: &str, message: &str) -> Bytes {
     control(
         "error",
         id,

@@ -10,20 +10,20 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::Waker;
 
+use bytes::Bytes;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use sigmavault_proto::{CloseCode, SubscriptionSet};
 
-/// Most subscription changes remembered between two resumes (see [`LiveLog`]).
-pub(crate) const LIVE_LOG_MAX: usize = 64;
+use super::delivered::DeliveredLog;
 
-/// An event-class frame: its seq, its type (for filtering) and the shared encoded bytes.
+/// An event-class frame: its seq, its type (for filtering) and the shared,
+/// already framed WebSocket bytes.
 #[derive(Clone, Debug)]
 pub(crate) struct EventFrame {
     pub(crate) seq: u64,
     pub(crate) kind: Arc<str>,
-    pub(crate) bytes: Utf8Bytes,
+    pub(crate) bytes: Bytes,
 }
 
 /// A state-class frame; `key` is the subject within the topic (disk, job), if any.
@@ -31,7 +31,7 @@ pub(crate) struct EventFrame {
 pub(crate) struct StateFrame {
     pub(crate) kind: Arc<str>,
     pub(crate) key: Option<Arc<str>>,
-    pub(crate) bytes: Utf8Bytes,
+    pub(crate) bytes: Bytes,
 }
 
 /// Why and how the connection is to be closed.
@@ -41,33 +41,6 @@ pub(crate) struct CloseRequest {
     pub(crate) reason: String,
     /// The peer closed (or vanished): only flush tungstenite's automatic reply.
     pub(crate) by_peer: bool,
-}
-
-/// What the live stream of this connection has delivered since it last went
-/// live: the subscription sets in force, each from the head seq at which it took
-/// effect, up to `through` (the highest seq the writer has taken). Live delivery
-/// is gap-free for the set in force, so an event was delivered exactly when its
-/// seq is ≤ `through` and the set in force at its seq matched it. A `resume`
-/// skips those, which makes resuming on a connection that already received live
-/// events exact: no duplicate, no gap, in order.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct LiveLog {
-    pub(crate) changes: Vec<(u64, Arc<SubscriptionSet>)>,
-    pub(crate) through: u64,
-}
-
-impl LiveLog {
-    /// Whether the live stream already delivered this event.
-    pub(crate) fn delivered(&self, seq: u64, kind: &str) -> bool {
-        if seq > self.through {
-            return false;
-        }
-        self.changes
-            .iter()
-            .rev()
-            .find(|(from, _)| *from < seq)
-            .is_some_and(|(_, subs)| subs.matches(kind))
-    }
 }
 
 /// Whether event-class messages flow live or come from the history.
@@ -84,14 +57,15 @@ pub(crate) enum Mode {
         /// The request id, echoed in `resumed`.
         id: Option<Value>,
         /// Events the live stream delivered before the resume, not to be sent twice.
-        skip: Arc<LiveLog>,
+        skip: Arc<DeliveredLog>,
     },
 }
 
 /// The pending work of one connection. Guarded by the session's mutex.
 pub(crate) struct Outbox {
-    /// Replies and per-connection frames (welcome, subscribed, error, pong, echo).
-    pub(crate) control: VecDeque<Message>,
+    /// Framed replies and per-connection frames (welcome, subscribed, error, echo,
+    /// tungstenite's pong and close replies).
+    pub(crate) control: VecDeque<Bytes>,
     /// Latest value per (topic, key); replaced in place, never grows past the set of subjects.
     pub(crate) state: Vec<StateFrame>,
     /// Event-class frames in seq order; bounded by `limit` (plus one publish batch).
@@ -99,8 +73,8 @@ pub(crate) struct Outbox {
     /// Bound of `events` (`--ws-queue`).
     pub(crate) limit: usize,
     pub(crate) mode: Mode,
-    /// What the live stream delivered since it last went live (see [`LiveLog`]).
-    pub(crate) live: LiveLog,
+    /// What this connection has been sent, for exact resumes.
+    pub(crate) delivered: DeliveredLog,
     /// The sweeper asked for a WebSocket ping.
     pub(crate) ping_due: bool,
     /// Set once; the writer sends it after flushing what is already owed (or at once for 4008).
@@ -121,13 +95,13 @@ pub(crate) enum Push {
 /// A replay round for the writer.
 pub(crate) struct ReplayRound {
     pub(crate) cursor: u64,
-    pub(crate) skip: Arc<LiveLog>,
+    pub(crate) skip: Arc<DeliveredLog>,
 }
 
 /// One round of work for the writer task.
 #[derive(Default)]
 pub(crate) struct Batch {
-    pub(crate) control: VecDeque<Message>,
+    pub(crate) control: VecDeque<Bytes>,
     pub(crate) state: Vec<StateFrame>,
     pub(crate) events: VecDeque<EventFrame>,
     pub(crate) ping: bool,
@@ -144,7 +118,7 @@ impl Outbox {
             events: VecDeque::new(),
             limit,
             mode: Mode::Live,
-            live: LiveLog::default(),
+            delivered: DeliveredLog::default(),
             ping_due: false,
             close: None,
             waker: None,
@@ -202,7 +176,7 @@ impl Outbox {
     }
 
     /// Queues a per-connection frame.
-    pub(crate) fn push_control(&mut self, msg: Message) {
+    pub(crate) fn push_control(&mut self, msg: Bytes) {
         if self.close.is_none() {
             self.control.push_back(msg);
         }
@@ -232,16 +206,6 @@ impl Outbox {
         }
     }
 
-    /// Records a subscription set taking effect on the live stream at `head`.
-    /// Returns false when too many changes accumulated since the last resume.
-    pub(crate) fn log_live_change(&mut self, head: u64, subs: Arc<SubscriptionSet>) -> bool {
-        if self.live.changes.len() >= LIVE_LOG_MAX {
-            return false;
-        }
-        self.live.changes.push((head, subs));
-        true
-    }
-
     /// Takes everything the writer should send now.
     pub(crate) fn take_batch(&mut self) -> Batch {
         let close = self.close.clone();
@@ -260,7 +224,7 @@ impl Outbox {
             _ => None,
         };
         if let Some(last) = self.events.back() {
-            self.live.through = last.seq;
+            self.delivered.take(last.seq);
         }
         Batch {
             control: std::mem::take(&mut self.control),
@@ -282,13 +246,12 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sigmavault_proto::Pattern;
 
     fn ev(seq: u64) -> EventFrame {
         EventFrame {
             seq,
             kind: Arc::from("custom.x"),
-            bytes: Utf8Bytes::from(format!("{seq}")),
+            bytes: Bytes::from(format!("{seq}")),
         }
     }
 
@@ -317,13 +280,13 @@ mod tests {
         let st = |key: Option<&str>, v: &str| StateFrame {
             kind: Arc::from("compression.update"),
             key: key.map(Arc::from),
-            bytes: Utf8Bytes::from(v.to_owned()),
+            bytes: Bytes::from(v.to_owned()),
         };
         o.push_state(st(Some("a"), "1"));
         o.push_state(st(Some("b"), "1"));
         o.push_state(st(Some("a"), "2"));
         assert_eq!(o.state.len(), 2);
-        assert_eq!(o.state[0].bytes.as_str(), "2");
+        assert_eq!(&o.state[0].bytes[..], b"2");
     }
 
     #[test]
@@ -339,23 +302,5 @@ mod tests {
         };
         o.push_events(&[ev(1)]);
         assert!(o.events.is_empty());
-    }
-
-    #[test]
-    fn live_log_knows_what_was_delivered() {
-        let set = |p: &[&str]| {
-            Arc::new(SubscriptionSet::from_patterns(
-                p.iter().map(|s| Pattern::parse(s).unwrap()),
-            ))
-        };
-        let log = LiveLog {
-            changes: vec![(10, set(&["notification"])), (20, set(&["notification", "custom.*"]))],
-            through: 30,
-        };
-        assert!(!log.delivered(5, "notification"), "before the connection went live");
-        assert!(log.delivered(15, "notification"));
-        assert!(!log.delivered(15, "custom.x"), "custom.* was subscribed at 20");
-        assert!(log.delivered(21, "custom.x"));
-        assert!(!log.delivered(31, "custom.x"), "not yet taken by the writer");
     }
 }

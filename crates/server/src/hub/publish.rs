@@ -4,13 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use sigmavault_proto::server::encode;
 use sigmavault_proto::{DeliveryClass, topic_info};
 
 use super::outbox::{EventFrame, Push, StateFrame};
 use super::session::Session;
+use super::wire;
 use super::{Hub, NewEvent, PublishError, PublishState, timestamp};
 
 /// Bound of the per-type subscriber cache; past it the cache starts over, so
@@ -78,14 +78,14 @@ impl Hub {
                     DeliveryClass::Event => {
                         let seq = publish.next_seq;
                         publish.next_seq += 1;
-                        let bytes = Utf8Bytes::from(encode(&kind, &ts, Some(seq), None, &data));
+                        let bytes = wire::text(&encode(&kind, &ts, Some(seq), None, &data));
                         let frame = EventFrame { seq, kind, bytes };
                         history.push(frame.clone());
                         seqs.push(Some(seq));
                         frames.push(Frame::Event(frame));
                     }
                     DeliveryClass::State => {
-                        let bytes = Utf8Bytes::from(encode(&kind, &ts, None, None, &data));
+                        let bytes = wire::text(&encode(&kind, &ts, None, None, &data));
                         let frame = StateFrame { kind, key, bytes };
                         inner
                             .state

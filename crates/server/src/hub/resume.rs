@@ -2,10 +2,10 @@
 //! gap and no duplicate at the seam.
 //!
 //! The writer streams the history at the socket's pace while the publish path
-//! skips the session's event queue. The switch back to live happens under the
-//! outbox lock once the cursor equals the head; the publish path stores the head
-//! after appending to the history and before pushing to outboxes, so an event is
-//! either replayed (published before the check) or pushed live (after it).
+//! skips the session's event queue. Events this connection was already sent
+//! (see `delivered.rs`) are skipped. The switch back to live happens under the
+//! publish lock once the cursor equals the head, so every event is either
+//! replayed or pushed live, never both.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use sigmavault_proto::server::{Reset, Resumed};
 
-use super::outbox::{EventFrame, LIVE_LOG_MAX, LiveLog, Mode};
+use super::outbox::{EventFrame, Mode};
 use super::session::Session;
 use super::{Hub, control, error_frame};
 
@@ -68,14 +68,21 @@ impl Hub {
             );
             return ResumeOutcome::Reset;
         }
+        let subs = session.subs.lock().clone();
         session.with_outbox(|o| {
-            if o.live.changes.len() >= LIVE_LOG_MAX {
+            // What this connection has been sent so far (live, or a replay cut short).
+            let sent = match &o.mode {
+                Mode::Live => o.delivered.frozen(),
+                Mode::Replaying {
+                    since, cursor, skip, ..
+                } => skip.with_replayed(*since, *cursor, subs.clone()),
+            };
+            if sent.overflowed() {
                 let msg = "too many subscription changes before resume to replay exactly; \
                            reconnect and resume first (or use /ws?epoch=&since=)";
                 o.push_control(error_frame(id, "resume_unavailable", msg));
                 return ResumeOutcome::Untracked;
             }
-            let skip = Arc::new(std::mem::take(&mut o.live));
             o.events.clear();
             o.mode = Mode::Replaying {
                 epoch: epoch.to_owned(),
@@ -83,7 +90,7 @@ impl Hub {
                 cursor: since,
                 replayed: 0,
                 id: id.cloned(),
-                skip,
+                skip: Arc::new(sent),
             };
             ResumeOutcome::Replaying
         })
@@ -108,8 +115,11 @@ impl Hub {
     }
 
     /// Ends a replay that has reached the head: switches to live and queues
-    /// `resumed` (see the module docs for why this is exact).
+    /// `resumed`. Under the publish lock, so no fan-out is half-way through: an
+    /// event is either in the history the replay read, or published after the
+    /// switch and pushed live.
     pub(crate) fn finish_replay(&self, session: &Session, cursor: u64) {
+        let _publish = self.inner.publish.lock();
         let subs = session.subs.lock().clone();
         session.with_outbox(|o| {
             let Mode::Replaying {
@@ -118,7 +128,7 @@ impl Hub {
                 cursor: c,
                 replayed,
                 id,
-                ..
+                skip,
             } = &o.mode
             else {
                 return;
@@ -133,11 +143,8 @@ impl Hub {
                 replayed: *replayed,
             };
             let reply = control("resumed", id.as_ref(), &body);
+            o.delivered = skip.with_replayed(*since, cursor, subs.clone()).then_live(cursor, subs);
             o.mode = Mode::Live;
-            o.live = LiveLog {
-                changes: vec![(cursor, subs)],
-                through: cursor,
-            };
             o.push_control(reply);
         });
     }
@@ -147,9 +154,9 @@ impl Hub {
         let _publish = self.inner.publish.lock();
         let head = self.head();
         let subs = session.subs.lock().clone();
-        let id = match &session.outbox.lock().mode {
-            Mode::Replaying { id, .. } => id.clone(),
-            Mode::Live => None,
+        let (id, sent) = match &session.outbox.lock().mode {
+            Mode::Replaying { id, since, skip, .. } => (id.clone(), skip.with_replayed(*since, cursor, subs.clone())),
+            Mode::Live => return,
         };
         self.queue_reset(
             session,
@@ -159,10 +166,7 @@ impl Hub {
         );
         session.with_outbox(|o| {
             o.mode = Mode::Live;
-            o.live = LiveLog {
-                changes: vec![(head, subs)],
-                through: head,
-            };
+            o.delivered = sent.then_live(head, subs);
         });
     }
 }

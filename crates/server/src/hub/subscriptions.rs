@@ -10,6 +10,8 @@ use serde_json::Value;
 use sigmavault_proto::server::{Limits, Subscriptions, Welcome};
 use sigmavault_proto::{CloseCode, Pattern, SubscriptionSet};
 
+use super::delivered::DeliveredLog;
+use super::outbox::Mode;
 use super::resume::ResumeOutcome;
 use super::session::{Session, SessionKind};
 use super::{Hub, control, error_frame};
@@ -37,14 +39,7 @@ impl Hub {
             (SessionKind::Events, None) => inner.default_subs.clone(),
         };
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(
-            id,
-            kind,
-            subs.clone(),
-            inner.cfg.queue,
-            self.now_ms(),
-            inner.abort_all.child_token(),
-        );
+        let session = Session::new(id, kind, subs.clone(), inner.cfg.queue, self.now_ms());
 
         let mut publish = inner.publish.lock();
         inner.sessions.write().insert(id, session.clone());
@@ -70,7 +65,7 @@ impl Hub {
             };
             session.with_outbox(|o| {
                 o.push_control(control("welcome", None, &welcome));
-                o.log_live_change(head, subs.clone());
+                o.delivered = DeliveredLog::live_from(head, subs.clone());
             });
             self.push_current_state(&session, &subs, None);
             if let Some((epoch, since)) = opening.resume
@@ -128,7 +123,9 @@ impl Hub {
             subscriptions: after.to_strings(),
         };
         session.with_outbox(|o| {
-            o.log_live_change(head, after.clone());
+            if matches!(o.mode, Mode::Live) {
+                o.delivered.subscribed(head, after.clone());
+            }
             o.push_control(control("subscribed", id, &reply));
         });
         self.push_current_state(session, &after, Some(&before));
@@ -150,7 +147,9 @@ impl Hub {
         };
         session.with_outbox(|o| {
             o.purge_unsubscribed(&after);
-            o.log_live_change(head, after.clone());
+            if matches!(o.mode, Mode::Live) {
+                o.delivered.unsubscribed(head, after.clone());
+            }
             o.push_control(control("unsubscribed", id, &reply));
         });
     }

@@ -8,9 +8,8 @@
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use sigmavault_proto::Pattern;
 
@@ -124,8 +123,8 @@ pub fn upgrade(hub: &Hub, echo: bool, mut req: Request<Body>) -> Result<Response
     let max_message = if echo { ECHO_MAX_MESSAGE } else { cfg.max_message };
     let ws_config = WebSocketConfig::default()
         .read_buffer_size(cfg.read_buffer)
-        .write_buffer_size(64 * 1024)
-        .max_write_buffer_size(max_message.max(1 << 20) * 2 + 64 * 1024)
+        // tungstenite only writes its own pong/close replies, straight into the outbox.
+        .write_buffer_size(0)
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
     let kind = if echo { SessionKind::Echo } else { SessionKind::Events };
@@ -138,8 +137,7 @@ pub fn upgrade(hub: &Hub, echo: bool, mut req: Request<Body>) -> Result<Response
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config)).await;
-        super::connection::run(task_hub, kind, opening, ws, admission).await;
+        super::connection::run(task_hub, kind, opening, TokioIo::new(upgraded), ws_config, admission).await;
     });
 
     let mut builder = Response::builder()
