@@ -206,6 +206,25 @@ impl Outbox {
         }
     }
 
+    /// tungstenite's reply to the peer's close frame: the last thing this
+    /// connection sends. Nothing queued after it may go out, so drop the rest.
+    pub(crate) fn peer_close_reply(&mut self, frame: Bytes) {
+        if self.close.is_some() {
+            // We closed first; the peer's close is the reply to ours.
+            return;
+        }
+        self.control.push_back(frame);
+        self.close = Some(CloseRequest {
+            code: CloseCode::Normal,
+            reason: String::new(),
+            by_peer: true,
+        });
+        self.events = VecDeque::new();
+        self.state = Vec::new();
+        self.ping_due = false;
+        self.mode = Mode::Live;
+    }
+
     /// Takes everything the writer should send now.
     pub(crate) fn take_batch(&mut self) -> Batch {
         let close = self.close.clone();

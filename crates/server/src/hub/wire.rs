@@ -90,6 +90,26 @@ pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bufs: &mut [Byte
     w.flush().await
 }
 
+/// Whether a run of whole unmasked frames (as tungstenite writes them) holds a close frame.
+fn contains_close(mut buf: &[u8]) -> bool {
+    while buf.len() >= 2 {
+        if buf[0] & 0x0f == OpCode::Close as u8 {
+            return true;
+        }
+        let (header, len): (usize, usize) = match buf[1] & 0x7f {
+            126 if buf.len() >= 4 => (4, u16::from_be_bytes([buf[2], buf[3]]) as usize),
+            127 if buf.len() >= 10 => (
+                10,
+                u64::from_be_bytes(buf[2..10].try_into().unwrap_or([0xff; 8])) as usize,
+            ),
+            n @ 0..=125 => (2, n as usize),
+            _ => return false,
+        };
+        buf = buf.get(header.saturating_add(len)..).unwrap_or(&[]);
+    }
+    false
+}
+
 /// The I/O tungstenite reads through: reads come from the socket's read half;
 /// writes (its automatic pong and close replies) are queued in the session's
 /// outbox for the writer task. Writes never block and are always whole frames,
@@ -108,7 +128,11 @@ impl<R: AsyncRead + AsyncWrite> AsyncRead for ReaderIo<R> {
 impl<R: AsyncRead + AsyncWrite> AsyncWrite for ReaderIo<R> {
     fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let bytes = Bytes::copy_from_slice(buf);
-        self.session.with_outbox(|o| o.push_control(bytes));
+        if contains_close(buf) {
+            self.session.with_outbox(|o| o.peer_close_reply(bytes));
+        } else {
+            self.session.with_outbox(|o| o.push_control(bytes));
+        }
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -135,6 +159,16 @@ mod tests {
         assert_eq!(u64::from_be_bytes(f[2..10].try_into().unwrap()), 70_000);
         assert_eq!(&close(1001, "bye")[..], &[0x88, 5, 0x03, 0xE9, b'b', b'y', b'e']);
         assert_eq!(&ping()[..], &[0x89, 0]);
+    }
+
+    #[test]
+    fn finds_close_frames_in_a_run() {
+        assert!(contains_close(&close(1000, "")));
+        let mut run = frame(OpCode::Text, b"pong-ish").to_vec();
+        assert!(!contains_close(&run));
+        run.extend_from_slice(&close(1000, ""));
+        assert!(contains_close(&run));
+        assert!(!contains_close(&frame(OpCode::Binary, &[8u8; 300])));
     }
 
     #[tokio::test]

@@ -38,9 +38,7 @@ impl TestServer {
             ..Config::default()
         };
         f(&mut config);
-        let server = sigmavault_server::start(config)
-            .await
-            .expect("server starts");
+        let server = sigmavault_server::start(config).await.expect("server starts");
         let addr = server.addr;
         TestServer {
             server: Some(server),
@@ -72,10 +70,7 @@ impl TestServer {
             welcome: Value::Null,
         };
         let welcome = client.next_json().await;
-        assert_eq!(
-            welcome["type"], "welcome",
-            "first frame must be welcome: {welcome}"
-        );
+        assert_eq!(welcome["type"], "welcome", "first frame must be welcome: {welcome}");
         client.welcome = welcome;
         client
     }
@@ -100,9 +95,7 @@ impl TestServer {
     }
 
     pub async fn publish_custom(&self, kind: &str, n: usize) -> Vec<u64> {
-        let events: Vec<Value> = (0..n)
-            .map(|i| json!({"type": kind, "data": {"i": i}}))
-            .collect();
+        let events: Vec<Value> = (0..n).map(|i| json!({"type": kind, "data": {"i": i}})).collect();
         self.publish(&events).await
     }
 
@@ -120,17 +113,11 @@ pub struct WsClient {
 
 impl WsClient {
     pub async fn send_json(&mut self, v: Value) {
-        self.ws
-            .send(Message::Text(v.to_string().into()))
-            .await
-            .expect("send");
+        self.ws.send(Message::Text(v.to_string().into())).await.expect("send");
     }
 
     pub async fn send_text(&mut self, s: &str) {
-        self.ws
-            .send(Message::Text(s.to_owned().into()))
-            .await
-            .expect("send");
+        self.ws.send(Message::Text(s.to_owned().into())).await.expect("send");
     }
 
     /// Next raw frame (pings included), or None on close/timeout.
@@ -188,3 +175,9 @@ impl WsClient {
         }
     }
 }
+
+/// Hand-built frames over a raw socket (protocol-violation tests).
+pub mod raw;
+
+/// REST, stats and delivery-barrier helpers for the hub suites.
+pub mod hub;

@@ -39,6 +39,10 @@ pub(crate) struct BenchArgs {
     /// Steady phase length, e.g. `10s`.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub(super) duration: Duration,
+    /// Hold every client idle this long after connecting and report the server's CPU
+    /// over that time (the idle cost of keep-alive); `0s` skips it.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub(super) idle: Duration,
     /// Approximate size of one event frame in bytes (the data is padded to reach it).
     #[arg(long, default_value_t = 300)]
     pub(super) size: usize,

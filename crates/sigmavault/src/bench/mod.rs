@@ -132,6 +132,29 @@ async fn bench(args: &BenchArgs, progress: &Progress) -> Result<Report> {
         ));
     }
 
+    let idle = if args.idle.is_zero() {
+        None
+    } else {
+        progress.note(&format!(
+            "holding {ready} clients idle for {}",
+            humantime::format_duration(args.idle)
+        ));
+        let before = server_sample("before idle");
+        let started = Instant::now();
+        tokio::time::sleep(args.idle).await;
+        let seconds = started.elapsed().as_secs_f64();
+        let after = server_sample("after idle");
+        before.zip(after).map(|(b, a)| {
+            let cpu_ms = a.cpu_us.saturating_sub(b.cpu_us) as f64 / 1000.0;
+            report::IdleReport {
+                clients: ready,
+                seconds,
+                server_cpu_ms: cpu_ms,
+                server_core_percent: cpu_ms / 10.0 / seconds.max(1e-9),
+            }
+        })
+    };
+
     let slow_clients = if args.slow > 0 {
         progress.note(&format!("connecting {} slow clients", args.slow));
         let opts = (0..args.slow)
@@ -306,6 +329,7 @@ async fn bench(args: &BenchArgs, progress: &Progress) -> Result<Report> {
         },
         fanout: measure::fanout_report(&fanout),
         steady: report_steady,
+        idle,
         delivery,
         slow,
         server,

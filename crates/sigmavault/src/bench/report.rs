@@ -24,6 +24,8 @@ pub(crate) struct Report {
     pub(crate) burst: BurstReport,
     pub(crate) fanout: FanoutReport,
     pub(crate) steady: Option<SteadyReport>,
+    /// Server CPU while every client sat idle (`--idle`).
+    pub(crate) idle: Option<IdleReport>,
     pub(crate) delivery: DeliveryReport,
     pub(crate) slow: Option<SlowReport>,
     pub(crate) server: Option<ServerReport>,
@@ -31,6 +33,16 @@ pub(crate) struct Report {
     /// `GET /api/v1/hub` at the end, verbatim.
     pub(crate) hub: Option<Value>,
     pub(crate) warnings: Vec<String>,
+}
+
+/// The server's cost of idle connections (keep-alive pings, timers).
+#[derive(Debug, Serialize)]
+pub(crate) struct IdleReport {
+    pub(crate) clients: u64,
+    pub(crate) seconds: f64,
+    pub(crate) server_cpu_ms: f64,
+    /// Server CPU as a percentage of one core over the idle window.
+    pub(crate) server_core_percent: f64,
 }
 
 /// The knobs, echoed so a JSON line stands on its own.
@@ -164,6 +176,13 @@ impl Report {
         );
         if let Some(e) = &c.first_error {
             let _ = writeln!(s, "          {} failed; first error: {e}", c.failed);
+        }
+        if let Some(i) = &self.idle {
+            let _ = writeln!(
+                s,
+                "idle      {} clients for {:.0} s: server CPU {:.0} ms = {:.2} % of one core",
+                i.clients, i.seconds, i.server_cpu_ms, i.server_core_percent
+            );
         }
         let b = &self.burst;
         let _ = writeln!(
