@@ -28,3 +28,16 @@ async fn publish_reaches_a_subscriber() {
     }
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn published_data_keeps_its_key_order() {
+    let srv = TestServer::spawn().await;
+    let mut c = srv.connect().await;
+    c.subscribe(&["custom.*"]).await;
+    srv.publish(&[serde_json::json!({"type": "custom.order", "data": {"zeta": 1, "alpha": 2, "mid": 3}})])
+        .await;
+    let ev = c.next_of("custom.order").await;
+    let keys: Vec<&String> = ev["data"].as_object().expect("object").keys().collect();
+    assert_eq!(keys, ["zeta", "alpha", "mid"]);
+    srv.stop().await;
+}
