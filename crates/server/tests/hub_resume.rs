@@ -414,9 +414,15 @@ async fn resume_replays_events_that_unsubscribe_purged_from_the_queue() {
             .await;
     }
     // Drop what is still queued, then subscribe again and take one more event live.
+    // The stats show each change has been applied while the socket is still
+    // unread (reading would let the writer take the queue before the purge).
     c.send_json(json!({"type": "unsubscribe", "data": {"types": ["custom.*"]}}))
         .await;
+    srv.wait_stats("custom.* unsubscribed", |s| s["subscriptions"]["custom.*"].is_null())
+        .await;
     c.send_json(json!({"type": "subscribe", "data": {"types": ["custom.*"]}}))
+        .await;
+    srv.wait_stats("custom.* subscribed again", |s| s["subscriptions"]["custom.*"] == 1)
         .await;
     let mut live = Vec::new();
     let mut replies = 0;
