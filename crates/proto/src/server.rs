@@ -126,7 +126,8 @@ pub struct Reset {
 /// `error`: a request was refused; the connection stays open.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ErrorFrame {
-    /// Stable code: `bad_json`, `unknown_type`, `bad_request`, `since_ahead`, `rate_limited`, …
+    /// Stable code: `bad_json`, `unknown_type`, `bad_request`, `since_ahead`, `rate_limited`,
+    /// `resume_unavailable`.
     pub code: String,
     /// Human explanation.
     pub message: String,

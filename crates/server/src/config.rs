@@ -58,7 +58,7 @@ pub struct ServeArgs {
     /// Inbound burst allowance per connection [default: 100].
     #[arg(long)]
     pub ws_rate_burst: Option<String>,
-    /// Most concurrent WebSocket connections [default: auto = open-file limit - 512].
+    /// Most concurrent WebSocket connections [default: open-file limit minus min(512, limit/2)].
     #[arg(long)]
     pub max_connections: Option<String>,
     /// Events kept in memory for resume [default: 10000].

@@ -41,3 +41,43 @@ async fn published_data_keeps_its_key_order() {
     assert_eq!(keys, ["zeta", "alpha", "mid"]);
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn one_mixed_type_batch_larger_than_the_queue_does_not_close_a_reader() {
+    let srv = TestServer::spawn_with(|c| c.ws_queue = 4).await;
+    let mut c = srv.connect().await;
+    c.subscribe(&["custom.*"]).await;
+    let events: Vec<Value> = (0..100)
+        .map(|i| serde_json::json!({"type": if i % 2 == 0 { "custom.a" } else { "custom.b" }, "data": {"i": i}}))
+        .collect();
+    let seqs = srv.publish(&events).await;
+    for want in seqs {
+        let ev = c.next_json().await;
+        assert_eq!(ev["seq"], want, "{ev}");
+    }
+    srv.stop().await;
+}
+
+#[tokio::test]
+async fn every_rate_limited_message_is_answered_with_its_id() {
+    let srv = TestServer::spawn_with(|c| {
+        c.ws_rate_limit = 1;
+        c.ws_rate_burst = 3;
+    })
+    .await;
+    let mut c = srv.connect().await;
+    for i in 0..5 {
+        c.send_json(serde_json::json!({"type": "ping", "id": i})).await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 5 {
+        let m = c.next_json().await;
+        if m["type"] == "pong" || m["type"] == "error" {
+            answers.push((m["type"].as_str().unwrap_or("").to_owned(), m["id"].clone()));
+        }
+    }
+    assert_eq!(answers[..3].iter().filter(|(t, _)| t == "pong").count(), 3, "{answers:?}");
+    assert_eq!(answers[3], ("error".to_owned(), serde_json::json!(3)));
+    assert_eq!(answers[4], ("error".to_owned(), serde_json::json!(4)));
+    srv.stop().await;
+}

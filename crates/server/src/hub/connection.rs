@@ -264,21 +264,26 @@ where
     let wanted = |f: &EventFrame| subs.matches(&f.kind) && !round.skip.delivered(f.seq, &f.kind);
     let mut frames: Vec<Bytes> = chunk.into_iter().filter(wanted).map(|f| f.bytes).collect();
     let sent = frames.len() as u64;
+    // Advance the cursor before writing: a `resume` that arrives while this chunk
+    // is on its way then counts it as sent. If one arrived before, drop the chunk.
+    let current = session.with_outbox(|o| match &mut o.mode {
+        Mode::Replaying {
+            cursor: c, replayed, ..
+        } if *c == cursor => {
+            *c = last;
+            *replayed += sent;
+            true
+        }
+        _ => false,
+    });
+    if !current {
+        return Ok(());
+    }
     write_frames(hub, session, w, &mut frames).await?;
     if sent > 0 {
         session.last_delivered_seq.store(last, Ordering::Relaxed);
         hub.counters().delivered.fetch_add(sent, Ordering::Relaxed);
     }
-    session.with_outbox(|o| {
-        if let Mode::Replaying {
-            cursor: c, replayed, ..
-        } = &mut o.mode
-            && *c == cursor
-        {
-            *c = last;
-            *replayed += sent;
-        }
-    });
     Ok(())
 }
 

@@ -54,12 +54,16 @@ impl Inbound for HubInbound {
                         .counters()
                         .rate_limited
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.reply_error(
-                        None,
-                        "rate_limited",
-                        "too many messages; slow down or the connection will be closed with 4429",
-                    );
                 }
+                // Every refused message is answered (with its id when it has one), so a
+                // client slightly over the rate never loses a command silently.
+                let id = ClientMessage::parse(&text).ok().and_then(|m| m.id);
+                self.reply_error(
+                    id.as_ref(),
+                    "rate_limited",
+                    "too many messages; this one was not processed. Slow down or the connection \
+                     will be closed with 4429",
+                );
                 return Ok(());
             }
             Verdict::Close => {

@@ -151,6 +151,8 @@ type StateKey = (Arc<str>, Option<Arc<str>>);
 /// Guarded by `HubInner::publish`.
 struct PublishState {
     next_seq: u64,
+    /// Publish calls so far; the queue bound is checked once per session per call.
+    publishes: u64,
     /// Subscribers per event type. Cleared on any registration or subscription
     /// change (and when it grows past a bound); rebuilt on the next publish.
     subscribers: HashMap<Arc<str>, Arc<[Arc<Session>]>>,
@@ -196,6 +198,7 @@ impl Hub {
                 head: AtomicU64::new(0),
                 publish: Mutex::new(PublishState {
                     next_seq: 1,
+                    publishes: 0,
                     subscribers: HashMap::new(),
                 }),
                 sessions: RwLock::new(HashMap::new()),

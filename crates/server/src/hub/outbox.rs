@@ -72,6 +72,8 @@ pub(crate) struct Outbox {
     pub(crate) events: VecDeque<EventFrame>,
     /// Bound of `events` (`--ws-queue`).
     pub(crate) limit: usize,
+    /// The last publish whose events were checked against `limit`.
+    pub(crate) checked_publish: u64,
     pub(crate) mode: Mode,
     /// What this connection has been sent, for exact resumes.
     pub(crate) delivered: DeliveredLog,
@@ -117,6 +119,7 @@ impl Outbox {
             state: Vec::new(),
             events: VecDeque::new(),
             limit,
+            checked_publish: 0,
             mode: Mode::Live,
             delivered: DeliveredLog::default(),
             ping_due: false,
@@ -140,21 +143,25 @@ impl Outbox {
         if self.has_work() { self.waker.take() } else { None }
     }
 
-    /// Queues one publish's run of event-class frames. The client is too slow
-    /// when it still has `limit` undelivered events as new ones arrive; a single
-    /// large batch into a healthy client's empty queue is not a reason to close it.
-    pub(crate) fn push_events<'a>(&mut self, frames: impl IntoIterator<Item = &'a EventFrame>) -> Push {
+    /// Queues a run of event-class frames from publish number `publish`. The
+    /// client is too slow when it still has `limit` undelivered events as a new
+    /// publish reaches it; checked once per publish, so one large batch (of one
+    /// type or many) into a healthy client's queue is not a reason to close it.
+    pub(crate) fn push_events<'a>(&mut self, publish: u64, frames: impl IntoIterator<Item = &'a EventFrame>) -> Push {
         if self.close.is_some() || matches!(self.mode, Mode::Replaying { .. }) {
             return Push::Queued;
         }
-        if self.events.len() >= self.limit {
-            self.events = VecDeque::new();
-            self.close = Some(CloseRequest {
-                code: CloseCode::SlowConsumer,
-                reason: String::new(),
-                by_peer: false,
-            });
-            return Push::Overflowed;
+        if self.checked_publish != publish {
+            self.checked_publish = publish;
+            if self.events.len() >= self.limit {
+                self.events = VecDeque::new();
+                self.close = Some(CloseRequest {
+                    code: CloseCode::SlowConsumer,
+                    reason: String::new(),
+                    by_peer: false,
+                });
+                return Push::Overflowed;
+            }
         }
         self.events.extend(frames.into_iter().cloned());
         Push::Queued
@@ -277,11 +284,11 @@ mod tests {
     #[test]
     fn overflow_closes_with_4008_and_frees_queue() {
         let mut o = Outbox::new(3);
-        assert_eq!(o.push_events(&[ev(1), ev(2), ev(3)]), Push::Queued);
-        assert_eq!(o.push_events(&[ev(4)]), Push::Overflowed);
+        assert_eq!(o.push_events(1, &[ev(1), ev(2), ev(3)]), Push::Queued);
+        assert_eq!(o.push_events(2, &[ev(4)]), Push::Overflowed);
         assert!(o.events.is_empty());
         assert_eq!(o.close.as_ref().map(|c| c.code), Some(CloseCode::SlowConsumer));
-        assert_eq!(o.push_events(&[ev(5)]), Push::Queued);
+        assert_eq!(o.push_events(3, &[ev(5)]), Push::Queued);
         assert!(o.events.is_empty());
     }
 
@@ -289,8 +296,11 @@ mod tests {
     fn one_large_batch_into_an_empty_queue_is_not_slowness() {
         let mut o = Outbox::new(3);
         let batch: Vec<EventFrame> = (1..=10).map(ev).collect();
-        assert_eq!(o.push_events(&batch), Push::Queued);
+        assert_eq!(o.push_events(1, &batch), Push::Queued);
         assert_eq!(o.events.len(), 10);
+        // The same publish's next run (another type) is not checked again.
+        assert_eq!(o.push_events(1, &batch), Push::Queued);
+        assert_eq!(o.events.len(), 20);
     }
 
     #[test]
@@ -319,7 +329,7 @@ mod tests {
             id: None,
             skip: Arc::default(),
         };
-        o.push_events(&[ev(1)]);
+        o.push_events(1, &[ev(1)]);
         assert!(o.events.is_empty());
     }
 }

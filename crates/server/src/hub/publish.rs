@@ -98,6 +98,8 @@ impl Hub {
             }
         }
         inner.head.store(publish.next_seq - 1, Ordering::Release);
+        publish.publishes += 1;
+        let publish_no = publish.publishes;
         let published = frames.len() as u64;
 
         // Fan out runs of consecutive events of one type together: one lock and one
@@ -122,7 +124,7 @@ impl Hub {
                         })
                         .collect();
                     for s in subscribers.iter() {
-                        if s.with_outbox(|o| o.push_events(events.iter().copied())) == Push::Overflowed {
+                        if s.with_outbox(|o| o.push_events(publish_no, events.iter().copied())) == Push::Overflowed {
                             self.on_overflow(s);
                         }
                     }
