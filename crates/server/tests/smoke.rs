@@ -76,7 +76,11 @@ async fn every_rate_limited_message_is_answered_with_its_id() {
             answers.push((m["type"].as_str().unwrap_or("").to_owned(), m["id"].clone()));
         }
     }
-    assert_eq!(answers[..3].iter().filter(|(t, _)| t == "pong").count(), 3, "{answers:?}");
+    assert_eq!(
+        answers[..3].iter().filter(|(t, _)| t == "pong").count(),
+        3,
+        "{answers:?}"
+    );
     assert_eq!(answers[3], ("error".to_owned(), serde_json::json!(3)));
     assert_eq!(answers[4], ("error".to_owned(), serde_json::json!(4)));
     srv.stop().await;
