@@ -51,6 +51,7 @@ pub(crate) fn run(args: WatchArgs) -> Result<()> {
     for pattern in &args.types {
         Pattern::parse(pattern).map_err(|e| anyhow!("--types: {e}"))?;
     }
+    crate::client::Target::check(&args.url)?;
     // One connection and a printer: a single thread is plenty.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -67,7 +68,19 @@ async fn watch(args: WatchArgs) -> Result<()> {
         args.types.clone(),
         start,
     );
-    let ctrl_c = tokio::signal::ctrl_c();
+    // Ctrl-C, or SIGTERM from systemd or `timeout`: both end with a normal close.
+    let ctrl_c = async {
+        #[cfg(unix)]
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        #[cfg(unix)]
+        let terminate = term.recv();
+        #[cfg(not(unix))]
+        let terminate = std::future::pending::<Option<()>>();
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = terminate => Ok(()),
+        }
+    };
     tokio::pin!(ctrl_c);
     let mut ctrl_c_armed = true;
     let mut stdout = std::io::stdout();

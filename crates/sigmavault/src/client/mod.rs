@@ -39,13 +39,24 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Checks the scheme and resolves the host.
-    pub(crate) async fn resolve(url: &Url) -> Result<Target> {
+    /// Checks what can be checked without the network: the scheme and a host.
+    /// A URL that fails here will never work, so callers check it once up front
+    /// instead of retrying it.
+    pub(crate) fn check(url: &Url) -> Result<()> {
         match url.scheme() {
             "ws" => {}
             "wss" => bail!("{url}: wss:// is not supported by this build (no TLS); use ws://"),
             other => bail!("{url}: unsupported scheme {other:?}; expected ws://"),
         }
+        if url.host().is_none() {
+            bail!("{url}: no host");
+        }
+        Ok(())
+    }
+
+    /// Checks the URL and resolves the host.
+    pub(crate) async fn resolve(url: &Url) -> Result<Target> {
+        Target::check(url)?;
         let port = url.port_or_known_default().unwrap_or(80);
         let addr = match url.host() {
             Some(Host::Ipv4(ip)) => SocketAddr::new(IpAddr::V4(ip), port),

@@ -103,6 +103,7 @@ pub struct Server {
     more_stdout: mpsc::Receiver<String>,
     /// Every stderr line so far (the log).
     pub stderr: Arc<Mutex<Vec<String>>>,
+    data_dir: std::path::PathBuf,
     _data: tempfile::TempDir,
 }
 
@@ -110,6 +111,25 @@ impl Server {
     /// Starts `serve --port 0 --data-dir <temp>` plus `args`, optionally under a
     /// wrapper (`prlimit ...`) that execs the binary, and waits for the listening line.
     pub fn start(wrapper: &[&str], args: &[&str]) -> Server {
+        Server::try_start(wrapper, 0, None, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts `serve --port <port>` (a fixed port, e.g. the one a stopped server had),
+    /// retrying for `within` while the port cannot be bound yet.
+    pub fn start_on_port(port: u16, data_dir: Option<&Path>, args: &[&str], within: Duration) -> Server {
+        let deadline = Instant::now() + within;
+        loop {
+            match Server::try_start(&[], port, data_dir, args) {
+                Ok(server) => return server,
+                Err(e) if Instant::now() >= deadline => panic!("cannot start a server on port {port}: {e}"),
+                Err(_) => thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+
+    /// Starts `serve --port <port> --data-dir <dir or a new temp dir>` plus `args`; an
+    /// error (with the server's stderr) if it exits or stays silent instead of listening.
+    pub fn try_start(wrapper: &[&str], port: u16, data_dir: Option<&Path>, args: &[&str]) -> Result<Server, String> {
         let data = tempfile::tempdir().expect("tempdir");
         let mut cmd = match wrapper.split_first() {
             Some((program, rest)) => {
@@ -120,8 +140,8 @@ impl Server {
             None => command(bin()),
         };
         cmd.arg("serve")
-            .args(["--port", "0", "--data-dir"])
-            .arg(data.path())
+            .args(["--port", &port.to_string(), "--data-dir"])
+            .arg(data_dir.unwrap_or(data.path()))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -138,40 +158,40 @@ impl Server {
                 }
             }
         });
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let err_pipe = child.stderr.take().expect("stderr");
-        thread::spawn(move || {
-            for line in BufReader::new(err_pipe).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().expect("stderr lines").push(line);
-            }
-        });
+        let (stderr, stderr_reader) = collect_lines(child.stderr.take().expect("stderr"));
 
         let listening_line = match line_rx.recv_timeout(WAIT) {
             Ok(line) => line,
             Err(e) => {
                 let _ = child.kill();
+                let _ = child.wait();
+                let _ = stderr_reader.join();
                 let log = stderr.lock().expect("stderr lines").join("\n");
-                panic!("no listening line ({e}); stderr:\n{log}");
+                return Err(format!("no listening line ({e}); stderr:\n{log}"));
             }
         };
         let addr = listening_line
             .strip_prefix("listening on http://")
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first stdout line: {listening_line:?}"));
-        Server {
+        Ok(Server {
             child,
             addr,
             listening_line,
             more_stdout: line_rx,
             stderr,
+            data_dir: data_dir.map_or_else(|| data.path().to_owned(), Path::to_owned),
             _data: data,
-        }
+        })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The data directory the server runs with.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// stdout lines after the listening line, so far.
@@ -286,4 +306,167 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write file");
     path
+}
+
+/// Reads `pipe` line by line into a shared vector until it closes.
+pub fn collect_lines(pipe: impl Read + Send + 'static) -> (Arc<Mutex<Vec<String>>>, thread::JoinHandle<()>) {
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let sink = lines.clone();
+    let reader = thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().expect("output lines").push(line);
+        }
+    });
+    (lines, reader)
+}
+
+/// A running client command (`watch`, `bench`) whose stdout and stderr lines are
+/// collected as they come, so a test can wait for a line while the process runs.
+pub struct Spawned {
+    pub child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    readers: Vec<thread::JoinHandle<()>>,
+}
+
+impl Spawned {
+    /// Spawns `cmd` with piped stdout/stderr and no stdin.
+    pub fn spawn(mut cmd: Command) -> Spawned {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let (stdout, out_reader) = collect_lines(child.stdout.take().expect("stdout"));
+        let (stderr, err_reader) = collect_lines(child.stderr.take().expect("stderr"));
+        Spawned {
+            child,
+            stdout,
+            stderr,
+            readers: vec![out_reader, err_reader],
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// stdout lines so far.
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout.lock().expect("stdout lines").clone()
+    }
+
+    /// stderr lines so far.
+    pub fn stderr(&self) -> Vec<String> {
+        self.stderr.lock().expect("stderr lines").clone()
+    }
+
+    /// Both streams, for failure messages.
+    pub fn output(&self) -> String {
+        format!(
+            "stdout:\n{}\nstderr:\n{}",
+            self.stdout().join("\n"),
+            self.stderr().join("\n")
+        )
+    }
+
+    /// Waits until `done(stdout lines)` holds; panics with the output after `within`.
+    pub fn wait_stdout(&mut self, what: &str, within: Duration, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        self.wait_lines(true, what, within, done)
+    }
+
+    /// Waits until `done(stderr lines)` holds; panics with the output after `within`.
+    pub fn wait_stderr(&mut self, what: &str, within: Duration, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        self.wait_lines(false, what, within, done)
+    }
+
+    fn wait_lines(
+        &mut self,
+        stdout: bool,
+        what: &str,
+        within: Duration,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let lines = if stdout { self.stdout() } else { self.stderr() };
+            if done(&lines) {
+                return lines;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                // Give the readers a moment to take the last lines, then look once more.
+                thread::sleep(Duration::from_millis(100));
+                let lines = if stdout { self.stdout() } else { self.stderr() };
+                if done(&lines) {
+                    return lines;
+                }
+                panic!("waiting for {what}: the process exited ({status}); {}", self.output());
+            }
+            if Instant::now() >= deadline {
+                panic!("waiting for {what}: nothing after {within:?}; {}", self.output());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Waits for the exit (killing it and failing after `within`), then for the last
+    /// output lines.
+    pub fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let Some(status) = wait_timeout(&mut self.child, within) else {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            panic!("still running after {within:?}; {}", self.output());
+        };
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        status
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// One HTTP/1.1 POST of a JSON body over a fresh socket; the status code and body.
+pub fn http_post_json(addr: SocketAddr, path: &str, body: &str, within: Duration) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&addr, within)?;
+    s.set_read_timeout(Some(within))?;
+    s.set_write_timeout(Some(within))?;
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    s.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// A port nothing listens on (bound, then released, by this process).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local addr").port()
 }
