@@ -31,6 +31,10 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = crate::prepare_data_dir(&config.data_dir) {
+        eprintln!("sigmavault: {e}");
+        return ExitCode::FAILURE;
+    }
     runtime.block_on(async move {
         let want = config.listen_addr();
         let listener = match crate::net::bind(want) {

@@ -35,6 +35,14 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The data directory cannot be created or secured.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The bound listener has no address.
     #[error("listener has no local address: {0}")]
     LocalAddr(std::io::Error),
@@ -110,8 +118,32 @@ impl RunningServer {
     }
 }
 
-/// Binds `config.listen_addr()` and runs the server on a new task.
+/// Creates the data directory if needed and makes it private (0700): it will
+/// hold the database and secrets.
+pub fn prepare_data_dir(path: &std::path::Path) -> Result<(), ServerError> {
+    let err = |source| ServerError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(path).map_err(err)?;
+    Ok(())
+}
+
+/// Prepares the data directory, binds `config.listen_addr()` and runs the server
+/// on a new task.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    prepare_data_dir(&config.data_dir)?;
     let want = config.listen_addr();
     let listener = net::bind(want).map_err(|source| ServerError::Bind { addr: want, source })?;
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;

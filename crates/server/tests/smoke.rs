@@ -85,3 +85,16 @@ async fn every_rate_limited_message_is_answered_with_its_id() {
     assert_eq!(answers[4], ("error".to_owned(), serde_json::json!(4)));
     srv.stop().await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_dir_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::tempdir().expect("tempdir");
+    let dir = parent.path().join("nested").join("data");
+    let d2 = dir.clone();
+    let srv = TestServer::spawn_with(move |c| c.data_dir = d2).await;
+    let mode = std::fs::metadata(&dir).expect("data dir exists").permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
+    srv.stop().await;
+}
