@@ -51,11 +51,19 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        // Handlers first: a supervisor may send SIGTERM the moment it reads the line.
+        let signals = match Signals::install() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("sigmavault: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "listening on http://{addr}");
         let _ = stdout.flush();
         let shutdown = CancellationToken::new();
-        tokio::spawn(wait_for_signal(shutdown.clone()));
+        tokio::spawn(signals.wait_then_cancel(shutdown.clone()));
         match crate::run(config, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -66,27 +74,40 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
     })
 }
 
-async fn wait_for_signal(shutdown: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// SIGINT and SIGTERM, registered with the runtime before the server announces itself.
+struct Signals {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Signals {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!(signal = "SIGINT", "signal received; shutting down"),
-        _ = terminate => tracing::info!(signal = "SIGTERM", "signal received; shutting down"),
+        #[cfg(not(unix))]
+        Ok(Signals {})
     }
-    shutdown.cancel();
+
+    async fn wait_then_cancel(mut self, shutdown: CancellationToken) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => tracing::info!(signal = "SIGINT", "signal received; shutting down"),
+            _ = self.terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received; shutting down"),
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_ok() {
+            tracing::info!(signal = "Ctrl-C", "signal received; shutting down");
+        }
+        shutdown.cancel();
+    }
 }
 
 /// Logs go to stderr; stdout carries only the `listening on` line.

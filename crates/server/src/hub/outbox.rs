@@ -17,6 +17,10 @@ use sigmavault_proto::{CloseCode, SubscriptionSet};
 
 use super::delivered::DeliveredLog;
 
+/// Most bytes of replies queued for a client that does not read them; past it the
+/// client is closed as a slow consumer (4008) instead of growing server memory.
+pub(crate) const CONTROL_MAX_BYTES: usize = 1 << 20;
+
 /// An event-class frame: its seq, its type (for filtering) and the shared,
 /// already framed WebSocket bytes.
 #[derive(Clone, Debug)]
@@ -64,8 +68,13 @@ pub(crate) enum Mode {
 /// The pending work of one connection. Guarded by the session's mutex.
 pub(crate) struct Outbox {
     /// Framed replies and per-connection frames (welcome, subscribed, error, echo,
-    /// tungstenite's pong and close replies).
+    /// tungstenite's close reply). Bounded by [`CONTROL_MAX_BYTES`].
     pub(crate) control: VecDeque<Bytes>,
+    /// Bytes in `control`.
+    pub(crate) control_bytes: usize,
+    /// The reply to the latest ping, not yet sent: one pong answers all earlier pings
+    /// (RFC 6455 §5.5.3), so a client that pings without reading cannot grow a queue.
+    pub(crate) pong: Option<Bytes>,
     /// Latest value per (topic, key); replaced in place, never grows past the set of subjects.
     pub(crate) state: Vec<StateFrame>,
     /// Event-class frames in seq order; bounded by `limit` (plus one publish batch).
@@ -116,6 +125,8 @@ impl Outbox {
     pub(crate) fn new(limit: usize) -> Self {
         Outbox {
             control: VecDeque::new(),
+            control_bytes: 0,
+            pong: None,
             state: Vec::new(),
             events: VecDeque::new(),
             limit,
@@ -131,6 +142,7 @@ impl Outbox {
     /// Whether the writer has anything to do.
     pub(crate) fn has_work(&self) -> bool {
         !self.control.is_empty()
+            || self.pong.is_some()
             || !self.state.is_empty()
             || !self.events.is_empty()
             || self.ping_due
@@ -184,8 +196,22 @@ impl Outbox {
 
     /// Queues a per-connection frame.
     pub(crate) fn push_control(&mut self, msg: Bytes) {
+        if self.close.is_some() {
+            return;
+        }
+        self.control_bytes += msg.len();
+        self.control.push_back(msg);
+        if self.control_bytes > CONTROL_MAX_BYTES {
+            self.control = VecDeque::new();
+            self.control_bytes = 0;
+            self.request_close(CloseCode::SlowConsumer, "replies are not being read");
+        }
+    }
+
+    /// tungstenite's answer to a ping: replaces an unsent earlier one.
+    pub(crate) fn set_pong(&mut self, frame: Bytes) {
         if self.close.is_none() {
-            self.control.push_back(msg);
+            self.pong = Some(frame);
         }
     }
 
@@ -228,6 +254,7 @@ impl Outbox {
         });
         self.events = VecDeque::new();
         self.state = Vec::new();
+        self.pong = None;
         self.ping_due = false;
         self.mode = Mode::Live;
     }
@@ -241,6 +268,18 @@ impl Outbox {
                 close,
                 ..Batch::default()
             };
+        }
+        self.control_bytes = 0;
+        if close.as_ref().is_some_and(|c| c.by_peer) {
+            // Only what precedes the close reply; nothing may follow it.
+            return Batch {
+                control: std::mem::take(&mut self.control),
+                close,
+                ..Batch::default()
+            };
+        }
+        if let Some(pong) = self.pong.take() {
+            self.control.push_back(pong);
         }
         let replay = match &self.mode {
             Mode::Replaying { cursor, skip, .. } if close.is_none() => Some(ReplayRound {
@@ -301,6 +340,21 @@ mod tests {
         // The same publish's next run (another type) is not checked again.
         assert_eq!(o.push_events(1, &batch), Push::Queued);
         assert_eq!(o.events.len(), 20);
+    }
+
+    #[test]
+    fn unread_replies_are_bounded() {
+        let mut o = Outbox::new(3);
+        for _ in 0..20 {
+            o.set_pong(Bytes::from_static(&[0x8a, 0]));
+        }
+        assert_eq!(o.take_batch().control.len(), 1, "one pong answers every ping");
+        let reply = Bytes::from(vec![b'x'; 64 * 1024]);
+        for _ in 0..17 {
+            o.push_control(reply.clone());
+        }
+        assert!(o.control.is_empty());
+        assert_eq!(o.close.as_ref().map(|c| c.code), Some(CloseCode::SlowConsumer));
     }
 
     #[test]
