@@ -116,6 +116,7 @@ mod tests {
             assert_eq!(CloseCode::from_code(c.code()), Some(c));
         }
         let mut codes: Vec<u16> = CloseCode::ALL.iter().map(|c| c.code()).collect();
+        codes.sort_unstable();
         codes.dedup();
         assert_eq!(codes.len(), CloseCode::ALL.len());
     }

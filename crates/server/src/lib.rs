@@ -71,7 +71,7 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         "serving"
     );
 
-    net::serve(listener, router, &config, shutdown.clone(), &tracker).await;
+    net::serve(listener, router, &config, shutdown.clone(), abort_all.clone(), &tracker).await;
 
     tracing::info!(
         clients = hub.client_count(),

@@ -32,6 +32,12 @@ fn validate(index: Option<usize>, raw: Value) -> Result<NewEvent, ApiError> {
         Some(i) => format!("events[{i}].{field}"),
         None => field.to_owned(),
     };
+    if raw.get("data").is_some_and(Value::is_null) {
+        return Err(ApiError::InvalidEvent(format!(
+            "{}: must be a JSON object (omit it for {{}})",
+            at("data")
+        )));
+    }
     let ev: EventIn = serde_json::from_value(raw).map_err(|e| {
         ApiError::InvalidEvent(format!(
             "{}: expected {{\"type\": string, \"data\": object}}: {e}",

@@ -48,6 +48,11 @@ pub(crate) async fn run<S>(
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let session = hub.register(kind, opening);
+    let _registered = Registered {
+        hub: hub.clone(),
+        session: session.clone(),
+        _admission: admission,
+    };
     hub.counters().connections_total.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(client_id = %session.client_id, ?kind, "websocket connected");
     let (read, mut write) = tokio::io::split(io);
@@ -73,14 +78,26 @@ pub(crate) async fn run<S>(
         }
     };
     let outcome = write_loop(&hub, &session, &mut write, reader).await;
-    hub.unregister(&session);
-    drop(admission);
     tracing::debug!(
         client_id = %session.client_id,
         outcome,
         last_seq = session.last_delivered_seq.load(Ordering::Relaxed),
         "websocket disconnected"
     );
+}
+
+/// Unregisters the session and frees its connection slot on every way out of
+/// `run`, a panic included.
+struct Registered {
+    hub: Hub,
+    session: Arc<Session>,
+    _admission: Admission,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.session);
+    }
 }
 
 type Reader<S> = WebSocketStream<ReaderIo<S>>;
@@ -216,8 +233,11 @@ where
     if frames.is_empty() {
         return Ok(());
     }
-    session.write_started_ms.store(hub.now_ms().max(1), Ordering::Relaxed);
-    let result = wire::write_all(w, frames).await;
+    // The stall clock restarts whenever bytes move: a slow but reading client is
+    // not a stalled one, however large the batch.
+    let mark = || session.write_started_ms.store(hub.now_ms().max(1), Ordering::Relaxed);
+    mark();
+    let result = wire::write_all(w, frames, mark).await;
     session.write_started_ms.store(0, Ordering::Relaxed);
     result
 }

@@ -155,8 +155,15 @@ impl Hub {
         let head = self.head();
         let subs = session.subs.lock().clone();
         let (id, sent) = match &session.outbox.lock().mode {
-            Mode::Replaying { id, since, skip, .. } => (id.clone(), skip.with_replayed(*since, cursor, subs.clone())),
-            Mode::Live => return,
+            // Only the replay that hit the overrun: a newer resume replaces it.
+            Mode::Replaying {
+                id,
+                since,
+                skip,
+                cursor: c,
+                ..
+            } if *c == cursor => (id.clone(), skip.with_replayed(*since, cursor, subs.clone())),
+            _ => return,
         };
         self.queue_reset(
             session,

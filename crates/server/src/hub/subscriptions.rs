@@ -78,6 +78,10 @@ impl Hub {
         if self.is_closing() {
             session.with_outbox(|o| o.request_close(CloseCode::GoingAway, "server shutting down"));
         }
+        if inner.abort_all.is_cancelled() {
+            // Registered after the grace period's sweep of aborts.
+            session.abort.abort();
+        }
         drop(publish);
         session
     }

@@ -68,8 +68,13 @@ pub(crate) fn ping() -> Bytes {
 /// Most slices handed to one `writev` (Linux allows 1024).
 const MAX_IOV: usize = 64;
 
-/// Writes every buffer, in order, with as few syscalls as the kernel allows.
-pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bufs: &mut [Bytes]) -> std::io::Result<()> {
+/// Writes every buffer, in order, with as few syscalls as the kernel allows;
+/// `progress` runs after every write that moved bytes (the stall detector's clock).
+pub(crate) async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    bufs: &mut [Bytes],
+    progress: impl Fn(),
+) -> std::io::Result<()> {
     let mut first = 0;
     while first < bufs.len() {
         let slices: Vec<IoSlice<'_>> = bufs[first..].iter().take(MAX_IOV).map(|b| IoSlice::new(b)).collect();
@@ -77,6 +82,7 @@ pub(crate) async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bufs: &mut [Byte
         if written == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }
+        progress();
         while first < bufs.len() && written >= bufs[first].len() {
             written -= bufs[first].len();
             first += 1;
@@ -191,7 +197,7 @@ mod tests {
             tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got).await.unwrap();
             got
         });
-        write_all(&mut a, &mut bufs).await.unwrap();
+        write_all(&mut a, &mut bufs, || {}).await.unwrap();
         drop(a);
         assert_eq!(reader.await.unwrap(), expected);
     }

@@ -52,6 +52,7 @@ pub(crate) async fn serve(
     router: Router,
     config: &Config,
     shutdown: CancellationToken,
+    abort: CancellationToken,
     tracker: &TaskTracker,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -107,13 +108,19 @@ pub(crate) async fn serve(
             .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
             .with_upgrades();
         let shutdown = shutdown.clone();
+        let abort = abort.clone();
         tracker.spawn(async move {
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
                 _ = shutdown.cancelled() => {
+                    // Finish the request in flight, then close; at the end of the
+                    // grace period, drop it.
                     conn.as_mut().graceful_shutdown();
-                    conn.await
+                    tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = abort.cancelled() => Ok(()),
+                    }
                 }
             };
             if let Err(e) = result {
