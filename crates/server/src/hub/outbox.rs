@@ -17,9 +17,12 @@ use sigmavault_proto::{CloseCode, SubscriptionSet};
 
 use super::delivered::DeliveredLog;
 
-/// Most bytes of replies queued for a client that does not read them; past it the
-/// client is closed as a slow consumer (4008) instead of growing server memory.
+/// Most bytes of replies queued for a `/ws` client that does not read them; past
+/// it the client is closed as a slow consumer (4008) instead of growing server memory.
 pub(crate) const CONTROL_MAX_BYTES: usize = 1 << 20;
+
+/// Memory one queued frame costs beyond its bytes (queue slot and allocation).
+const CONTROL_ENTRY_COST: usize = 64;
 
 /// An event-class frame: its seq, its type (for filtering) and the shared,
 /// already framed WebSocket bytes.
@@ -68,13 +71,13 @@ pub(crate) enum Mode {
 /// The pending work of one connection. Guarded by the session's mutex.
 pub(crate) struct Outbox {
     /// Framed replies and per-connection frames (welcome, subscribed, error, echo,
-    /// tungstenite's close reply). Bounded by [`CONTROL_MAX_BYTES`].
+    /// tungstenite's pong and close replies), in order. Bounded by `control_max`.
     pub(crate) control: VecDeque<Bytes>,
-    /// Bytes in `control`.
+    /// Cost of `control`: bytes plus [`CONTROL_ENTRY_COST`] per frame, so a flood of
+    /// tiny pongs is counted at what it really occupies.
     pub(crate) control_bytes: usize,
-    /// The reply to the latest ping, not yet sent: one pong answers all earlier pings
-    /// (RFC 6455 §5.5.3), so a client that pings without reading cannot grow a queue.
-    pub(crate) pong: Option<Bytes>,
+    /// Bound of `control_bytes`.
+    pub(crate) control_max: usize,
     /// Latest value per (topic, key); replaced in place, never grows past the set of subjects.
     pub(crate) state: Vec<StateFrame>,
     /// Event-class frames in seq order; bounded by `limit` (plus one publish batch).
@@ -122,11 +125,11 @@ pub(crate) struct Batch {
 }
 
 impl Outbox {
-    pub(crate) fn new(limit: usize) -> Self {
+    pub(crate) fn new(limit: usize, control_max: usize) -> Self {
         Outbox {
             control: VecDeque::new(),
             control_bytes: 0,
-            pong: None,
+            control_max,
             state: Vec::new(),
             events: VecDeque::new(),
             limit,
@@ -142,7 +145,6 @@ impl Outbox {
     /// Whether the writer has anything to do.
     pub(crate) fn has_work(&self) -> bool {
         !self.control.is_empty()
-            || self.pong.is_some()
             || !self.state.is_empty()
             || !self.events.is_empty()
             || self.ping_due
@@ -199,19 +201,12 @@ impl Outbox {
         if self.close.is_some() {
             return;
         }
-        self.control_bytes += msg.len();
+        self.control_bytes += msg.len() + CONTROL_ENTRY_COST;
         self.control.push_back(msg);
-        if self.control_bytes > CONTROL_MAX_BYTES {
+        if self.control_bytes > self.control_max {
             self.control = VecDeque::new();
             self.control_bytes = 0;
             self.request_close(CloseCode::SlowConsumer, "replies are not being read");
-        }
-    }
-
-    /// tungstenite's answer to a ping: replaces an unsent earlier one.
-    pub(crate) fn set_pong(&mut self, frame: Bytes) {
-        if self.close.is_none() {
-            self.pong = Some(frame);
         }
     }
 
@@ -254,7 +249,6 @@ impl Outbox {
         });
         self.events = VecDeque::new();
         self.state = Vec::new();
-        self.pong = None;
         self.ping_due = false;
         self.mode = Mode::Live;
     }
@@ -277,9 +271,6 @@ impl Outbox {
                 close,
                 ..Batch::default()
             };
-        }
-        if let Some(pong) = self.pong.take() {
-            self.control.push_back(pong);
         }
         let replay = match &self.mode {
             Mode::Replaying { cursor, skip, .. } if close.is_none() => Some(ReplayRound {
@@ -322,7 +313,7 @@ mod tests {
 
     #[test]
     fn overflow_closes_with_4008_and_frees_queue() {
-        let mut o = Outbox::new(3);
+        let mut o = Outbox::new(3, CONTROL_MAX_BYTES);
         assert_eq!(o.push_events(1, &[ev(1), ev(2), ev(3)]), Push::Queued);
         assert_eq!(o.push_events(2, &[ev(4)]), Push::Overflowed);
         assert!(o.events.is_empty());
@@ -333,7 +324,7 @@ mod tests {
 
     #[test]
     fn one_large_batch_into_an_empty_queue_is_not_slowness() {
-        let mut o = Outbox::new(3);
+        let mut o = Outbox::new(3, CONTROL_MAX_BYTES);
         let batch: Vec<EventFrame> = (1..=10).map(ev).collect();
         assert_eq!(o.push_events(1, &batch), Push::Queued);
         assert_eq!(o.events.len(), 10);
@@ -344,11 +335,13 @@ mod tests {
 
     #[test]
     fn unread_replies_are_bounded() {
-        let mut o = Outbox::new(3);
-        for _ in 0..20 {
-            o.set_pong(Bytes::from_static(&[0x8a, 0]));
+        let mut o = Outbox::new(3, CONTROL_MAX_BYTES);
+        for _ in 0..20_000 {
+            o.push_control(Bytes::from_static(&[0x8a, 0]));
         }
-        assert_eq!(o.take_batch().control.len(), 1, "one pong answers every ping");
+        assert!(o.control.is_empty(), "a pong flood is counted at its real cost");
+        assert_eq!(o.close.as_ref().map(|c| c.code), Some(CloseCode::SlowConsumer));
+        let mut o = Outbox::new(3, CONTROL_MAX_BYTES);
         let reply = Bytes::from(vec![b'x'; 64 * 1024]);
         for _ in 0..17 {
             o.push_control(reply.clone());
@@ -359,7 +352,7 @@ mod tests {
 
     #[test]
     fn state_conflates_per_key() {
-        let mut o = Outbox::new(3);
+        let mut o = Outbox::new(3, CONTROL_MAX_BYTES);
         let st = |key: Option<&str>, v: &str| StateFrame {
             kind: Arc::from("compression.update"),
             key: key.map(Arc::from),
@@ -374,7 +367,7 @@ mod tests {
 
     #[test]
     fn replaying_skips_live_events() {
-        let mut o = Outbox::new(3);
+        let mut o = Outbox::new(3, CONTROL_MAX_BYTES);
         o.mode = Mode::Replaying {
             epoch: "e".into(),
             since: 0,

@@ -15,7 +15,10 @@ use uuid::Uuid;
 
 use sigmavault_proto::SubscriptionSet;
 
-use super::outbox::Outbox;
+use super::outbox::{CONTROL_MAX_BYTES, Outbox};
+
+/// Reply bound of the test-only echo endpoint: two of its largest messages.
+const ECHO_CONTROL_MAX_BYTES: usize = 2 * super::ws::ECHO_MAX_MESSAGE + (1 << 20);
 
 /// What kind of endpoint the connection serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,7 +115,14 @@ impl Session {
             id,
             client_id: Uuid::new_v4(),
             kind,
-            outbox: Mutex::new(Outbox::new(queue_limit)),
+            outbox: Mutex::new(Outbox::new(
+                queue_limit,
+                match kind {
+                    SessionKind::Events => CONTROL_MAX_BYTES,
+                    // Echo answers with whole messages (Autobahn sends up to 16 MiB).
+                    SessionKind::Echo => ECHO_CONTROL_MAX_BYTES,
+                },
+            )),
             subs: Mutex::new(subs),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),

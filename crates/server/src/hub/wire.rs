@@ -96,11 +96,6 @@ pub(crate) async fn write_all<W: AsyncWrite + Unpin>(
     w.flush().await
 }
 
-/// Whether the buffer is exactly one pong frame (a reply to a ping).
-fn is_single_pong(buf: &[u8]) -> bool {
-    buf.len() >= 2 && buf[0] & 0x0f == 0xA && buf[1] & 0x7f <= 125 && usize::from(buf[1] & 0x7f) + 2 == buf.len()
-}
-
 /// Whether a run of whole unmasked frames (as tungstenite writes them) holds a close frame.
 fn contains_close(mut buf: &[u8]) -> bool {
     while buf.len() >= 2 {
@@ -141,8 +136,6 @@ impl<R: AsyncRead + AsyncWrite> AsyncWrite for ReaderIo<R> {
         let bytes = Bytes::copy_from_slice(buf);
         if contains_close(buf) {
             self.session.with_outbox(|o| o.peer_close_reply(bytes));
-        } else if is_single_pong(buf) {
-            self.session.with_outbox(|o| o.set_pong(bytes));
         } else {
             self.session.with_outbox(|o| o.push_control(bytes));
         }
@@ -182,9 +175,6 @@ mod tests {
         run.extend_from_slice(&close(1000, ""));
         assert!(contains_close(&run));
         assert!(!contains_close(&frame(OpCode::Binary, &[8u8; 300])));
-        assert!(is_single_pong(&[0x8a, 2, b'h', b'i']));
-        assert!(!is_single_pong(&[0x8a, 2, b'h']));
-        assert!(!is_single_pong(&text("hi")));
     }
 
     #[tokio::test]

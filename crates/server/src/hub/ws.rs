@@ -18,7 +18,7 @@ use super::subscriptions::{MAX_PATTERNS_PER_CLIENT, Opening};
 use super::{AdmitError, Hub};
 
 /// Largest message the echo endpoint accepts (the Autobahn cases go up to 16 MiB).
-const ECHO_MAX_MESSAGE: usize = 32 << 20;
+pub(crate) const ECHO_MAX_MESSAGE: usize = 32 << 20;
 
 /// Why an upgrade request was refused.
 #[derive(Debug, thiserror::Error)]
