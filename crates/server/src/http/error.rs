@@ -75,6 +75,7 @@ impl ApiError {
             ApiError::Upgrade(UpgradeError::BadQuery(_)) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Upgrade(UpgradeError::Full) => (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections"),
             ApiError::Upgrade(UpgradeError::ShuttingDown) => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
+            ApiError::Upgrade(UpgradeError::Internal(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
@@ -85,7 +86,7 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        if let ApiError::Internal(detail) = &self {
+        if let ApiError::Internal(detail) | ApiError::Upgrade(UpgradeError::Internal(detail)) = &self {
             tracing::error!(detail, "internal error while serving a request");
         }
         let body = ErrorBody::new(code, self.to_string());

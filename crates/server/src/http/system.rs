@@ -14,7 +14,7 @@ pub(crate) async fn health(State(app): State<AppState>) -> impl IntoResponse {
     let hub = &app.hub;
     let closing = hub.is_closing();
     let clients = hub.client_count();
-    let at_capacity = clients >= hub.config().max_connections;
+    let at_capacity = hub.admitted() >= hub.config().max_connections;
     let hub_status = if closing {
         "down"
     } else if at_capacity {

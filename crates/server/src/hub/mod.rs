@@ -260,6 +260,11 @@ impl Hub {
         self.inner.event_clients.load(Ordering::Relaxed)
     }
 
+    /// Connection slots in use (`/ws` and `/ws/echo`, upgrades in progress included).
+    pub fn admitted(&self) -> usize {
+        self.inner.admitted.load(Ordering::Relaxed)
+    }
+
     /// Whether shutdown has begun.
     pub fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Acquire)

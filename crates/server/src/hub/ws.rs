@@ -11,7 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-use sigmavault_proto::Pattern;
+use sigmavault_proto::{Pattern, SubscriptionSet};
 
 use super::session::SessionKind;
 use super::subscriptions::{MAX_PATTERNS_PER_CLIENT, Opening};
@@ -41,6 +41,9 @@ pub enum UpgradeError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The 101 response could not be built (a bug; the detail is logged).
+    #[error("internal error")]
+    Internal(String),
 }
 
 fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -53,40 +56,46 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
 }
 
 /// Parses `?types=a,b.*&epoch=E&since=N` (epoch and since both or neither).
+/// A repeated parameter: the last one counts.
 fn parse_opening(query: Option<&str>) -> Result<Opening, UpgradeError> {
     let (mut epoch, mut since, mut types) = (None, None, None);
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "types" => {
-                let decoded = v
-                    .replace("%2A", "*")
-                    .replace("%2a", "*")
-                    .replace("%2C", ",")
-                    .replace("%2c", ",");
-                let patterns = decoded
-                    .split(',')
-                    .filter(|t| !t.is_empty())
-                    .map(Pattern::parse)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| UpgradeError::BadQuery(format!("types: {e}")))?;
-                if patterns.len() > MAX_PATTERNS_PER_CLIENT {
-                    return Err(UpgradeError::BadQuery(format!(
-                        "types: at most {MAX_PATTERNS_PER_CLIENT} patterns"
-                    )));
-                }
-                types = Some(patterns);
-            }
+            "types" => types = Some(v),
             "epoch" => epoch = Some(v.to_owned()),
-            "since" => {
-                since =
-                    Some(v.parse::<u64>().map_err(|_| {
-                        UpgradeError::BadQuery(format!("since must be a non-negative integer, got {v:?}"))
-                    })?)
-            }
+            "since" => since = Some(v),
             _ => {}
         }
     }
+    let since = since
+        .map(|v| {
+            v.parse::<u64>()
+                .map_err(|_| UpgradeError::BadQuery(format!("since must be a non-negative integer, got {v:?}")))
+        })
+        .transpose()?;
+    let types = types
+        .map(|v| {
+            let decoded = v
+                .replace("%2A", "*")
+                .replace("%2a", "*")
+                .replace("%2C", ",")
+                .replace("%2c", ",");
+            let patterns = decoded
+                .split(',')
+                .filter(|t| !t.is_empty())
+                .map(Pattern::parse)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| UpgradeError::BadQuery(format!("types: {e}")))?;
+            let set = SubscriptionSet::from_patterns(patterns);
+            if set.len() > MAX_PATTERNS_PER_CLIENT {
+                return Err(UpgradeError::BadQuery(format!(
+                    "types: at most {MAX_PATTERNS_PER_CLIENT} patterns"
+                )));
+            }
+            Ok(set.iter().cloned().collect::<Vec<_>>())
+        })
+        .transpose()?;
     let resume = match (epoch, since) {
         (Some(e), Some(s)) => Some((e, s)),
         (None, None) => None,
@@ -151,7 +160,9 @@ pub fn upgrade(hub: &Hub, echo: bool, mut req: Request<Body>) -> Result<Response
             HeaderValue::from_static(sigmavault_proto::SUBPROTOCOL),
         );
     }
-    builder.body(Body::empty()).map_err(|_| UpgradeError::BadKey)
+    builder
+        .body(Body::empty())
+        .map_err(|e| UpgradeError::Internal(e.to_string()))
 }
 
 #[cfg(test)]
@@ -174,5 +185,17 @@ mod tests {
             Some(1)
         );
         assert!(parse_opening(Some("types=A")).is_err());
+        assert!(
+            parse_opening(Some("types=A&types=custom.*")).is_ok(),
+            "the last one counts"
+        );
+        let dup = vec!["custom.x"; 300].join(",");
+        assert_eq!(
+            parse_opening(Some(&format!("types={dup}")))
+                .unwrap()
+                .types
+                .map(|t| t.len()),
+            Some(1)
+        );
     }
 }
