@@ -98,3 +98,43 @@ async fn the_data_dir_is_created_private() {
     assert_eq!(mode & 0o777, 0o700);
     srv.stop().await;
 }
+
+/// A client that reads slowly but steadily is not a stalled one: the write-stall
+/// clock restarts whenever bytes move, however long the whole batch takes.
+#[tokio::test]
+async fn a_slow_but_reading_client_is_not_dropped_as_stalled() {
+    let srv = TestServer::spawn_with(|c| {
+        c.ws_send_buffer = 4096;
+        c.ws_write_timeout = std::time::Duration::from_millis(400);
+        c.ws_queue = 10_000;
+    })
+    .await;
+    let mut c = srv.connect().await;
+    c.subscribe(&["custom.*"]).await;
+    let pad = "p".repeat(2000);
+    let events: Vec<Value> = (0..300)
+        .map(|i| serde_json::json!({"type": "custom.slow", "data": {"i": i, "pad": pad}}))
+        .collect();
+    let seqs = srv.publish(&events).await;
+    let started = std::time::Instant::now();
+    for want in seqs {
+        let ev = c.next_of("custom.slow").await;
+        assert_eq!(ev["seq"], want);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(
+        started.elapsed() > std::time::Duration::from_millis(800),
+        "the read took longer than the timeout"
+    );
+    let hub: Value = srv
+        .http
+        .get(srv.url("/api/v1/hub"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(hub["write_stalls"], 0, "{hub}");
+    srv.stop().await;
+}
