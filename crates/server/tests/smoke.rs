@@ -138,3 +138,19 @@ async fn a_slow_but_reading_client_is_not_dropped_as_stalled() {
     assert_eq!(hub["write_stalls"], 0, "{hub}");
     srv.stop().await;
 }
+
+#[tokio::test]
+async fn null_data_is_refused_not_treated_as_empty() {
+    let srv = TestServer::spawn().await;
+    let resp = srv
+        .http
+        .post(srv.url("/api/v1/events"))
+        .json(&serde_json::json!({"type": "custom.x", "data": null}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_event");
+    srv.stop().await;
+}
