@@ -16,6 +16,20 @@ pub struct ErrorDetail {
     pub code: String,
     /// Human-readable explanation; never contains internal details on 5xx.
     pub message: String,
+    /// On validation errors (422): every rejected field, not just the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<FieldError>,
+}
+
+/// One rejected field of a request body.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FieldError {
+    /// The field, e.g. `path` or `allowed_hosts[2]`.
+    pub field: String,
+    /// Stable code, e.g. `required`, `reserved_name`, `outside_share_roots`.
+    pub code: String,
+    /// What is wrong with it.
+    pub message: String,
 }
 
 impl ErrorBody {
@@ -25,6 +39,7 @@ impl ErrorBody {
             error: ErrorDetail {
                 code: code.into(),
                 message: message.into(),
+                fields: Vec::new(),
             },
         }
     }

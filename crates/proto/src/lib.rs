@@ -13,7 +13,7 @@ pub mod topics;
 
 pub use client::{ClientCommand, ClientMessage, CommandError};
 pub use close::CloseCode;
-pub use error::{ErrorBody, ErrorDetail};
+pub use error::{ErrorBody, ErrorDetail, FieldError};
 pub use pattern::{Pattern, PatternError, SubscriptionSet};
 pub use server::ServerMessage;
 pub use topics::{DeliveryClass, TopicInfo, topic_info};

@@ -64,6 +64,33 @@ pub struct ServeArgs {
     /// Events kept in memory for resume [default: 10000].
     #[arg(long)]
     pub history: Option<String>,
+    /// Where the event history lives: sqlite (durable, survives restarts) or memory [default: sqlite].
+    #[arg(long)]
+    pub history_store: Option<String>,
+    /// Durable history: events older than this are pruned [default: 7d].
+    #[arg(long)]
+    pub history_max_age: Option<String>,
+    /// Durable history: most events kept [default: 1000000].
+    #[arg(long)]
+    pub history_max_events: Option<String>,
+    /// Notifications older than this are deleted [default: 90d].
+    #[arg(long)]
+    pub notifications_max_age: Option<String>,
+    /// Most notifications kept; the oldest go first [default: 10000].
+    #[arg(long)]
+    pub notifications_max_count: Option<String>,
+    /// Audit records older than this are deleted [default: 365d].
+    #[arg(long)]
+    pub audit_max_age: Option<String>,
+    /// How often retention runs [default: 1m].
+    #[arg(long)]
+    pub retention_interval: Option<String>,
+    /// Largest size of the database file; writes past it fail with 503 storage_full [default: 0 = no limit].
+    #[arg(long)]
+    pub db_max_size: Option<String>,
+    /// A directory shares may live under; repeat for several (environment and file: a list, `:`-separated) [default: none].
+    #[arg(long = "share-root", value_name = "DIR")]
+    pub share_roots: Vec<String>,
     /// Interval of the `heartbeat` message [default: 30s].
     #[arg(long)]
     pub heartbeat_interval: Option<String>,
@@ -91,6 +118,15 @@ pub struct ServeArgs {
     /// Mount the test-only echo endpoint /ws/echo (WebSocket conformance runs) [default: false].
     #[arg(long, hide = true)]
     pub ws_echo: Option<String>,
+}
+
+/// Where the event history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryStore {
+    /// Appended to SQLite before delivery; resume works across restarts.
+    Sqlite,
+    /// Only the in-memory ring (benchmarks, diskless setups).
+    Memory,
 }
 
 /// Log output format.
@@ -135,6 +171,24 @@ pub struct Config {
     pub max_connections: usize,
     /// History ring size.
     pub history: usize,
+    /// Where the event history lives.
+    pub history_store: HistoryStore,
+    /// Durable history retention by age.
+    pub history_max_age: Duration,
+    /// Durable history retention by count.
+    pub history_max_events: u64,
+    /// Notification retention by age.
+    pub notifications_max_age: Duration,
+    /// Notification retention by count.
+    pub notifications_max_count: u64,
+    /// Audit log retention by age.
+    pub audit_max_age: Duration,
+    /// Retention sweep interval.
+    pub retention_interval: Duration,
+    /// Database size cap in bytes (0 = none).
+    pub db_max_size: u64,
+    /// Directories shares must live under.
+    pub share_roots: Vec<PathBuf>,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
     /// Shutdown grace.
@@ -193,6 +247,15 @@ impl Default for Config {
             ws_rate_burst: 100,
             max_connections: default_max_connections(),
             history: 10_000,
+            history_store: HistoryStore::Sqlite,
+            history_max_age: Duration::from_secs(7 * DAY),
+            history_max_events: 1_000_000,
+            notifications_max_age: Duration::from_secs(90 * DAY),
+            notifications_max_count: 10_000,
+            audit_max_age: Duration::from_secs(365 * DAY),
+            retention_interval: Duration::from_secs(60),
+            db_max_size: 0,
+            share_roots: Vec::new(),
             heartbeat_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(30),
@@ -263,6 +326,36 @@ impl Layers<'_> {
     }
 }
 
+impl Layers<'_> {
+    /// A list setting: the flags if any were given, else `SIGMAVAULT_SHARE_ROOTS`
+    /// style (`:`-separated), else a TOML array or string under `key` or `key`+`s`.
+    fn list(&self, key: &str, flags: &[String]) -> Result<Vec<String>, ConfigError> {
+        if !flags.is_empty() {
+            return Ok(flags.to_vec());
+        }
+        let plural = format!("{key}s");
+        let env_key = format!("SIGMAVAULT_{}", plural.replace('-', "_").to_uppercase());
+        if let Some(v) = (self.env)(&env_key) {
+            return Ok(v.split(':').filter(|p| !p.is_empty()).map(str::to_owned).collect());
+        }
+        let names = [key.to_owned(), key.replace('-', "_"), plural.clone(), plural.replace('-', "_")];
+        let Some(value) = names.iter().find_map(|k| self.file.get(k)) else {
+            return Ok(Vec::new());
+        };
+        match value {
+            toml::Value::String(s) => Ok(vec![s.clone()]),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    _ => Err(err(key, "must be a list of paths in the config file")),
+                })
+                .collect(),
+            _ => Err(err(key, "must be a path or a list of paths in the config file")),
+        }
+    }
+}
+
 /// Keys a config file may use (kebab-case; snake_case accepted).
 const KEYS: &[&str] = &[
     "host",
@@ -280,6 +373,16 @@ const KEYS: &[&str] = &[
     "ws-rate-burst",
     "max-connections",
     "history",
+    "history-store",
+    "history-max-age",
+    "history-max-events",
+    "notifications-max-age",
+    "notifications-max-count",
+    "audit-max-age",
+    "retention-interval",
+    "db-max-size",
+    "share-root",
+    "share-roots",
     "heartbeat-interval",
     "shutdown-grace",
     "http-idle-timeout",
@@ -332,6 +435,30 @@ impl Config {
             .map(|n| n as u32));
         set!(max_connections, "max-connections", |s| count(s, 1, 10_000_000));
         set!(history, "history", |s| count(s, 0, 100_000_000));
+        set!(history_store, "history-store", |s: &str| match s {
+            "sqlite" => Ok(HistoryStore::Sqlite),
+            "memory" => Ok(HistoryStore::Memory),
+            other => Err(format!("{other:?} is not one of: sqlite, memory")),
+        });
+        set!(history_max_age, "history-max-age", long_duration);
+        set!(history_max_events, "history-max-events", |s| count(s, 1, 1_000_000_000)
+            .map(|n| n as u64));
+        set!(notifications_max_age, "notifications-max-age", long_duration);
+        set!(notifications_max_count, "notifications-max-count", |s| count(s, 1, 100_000_000)
+            .map(|n| n as u64));
+        set!(audit_max_age, "audit-max-age", long_duration);
+        set!(retention_interval, "retention-interval", duration);
+        set!(db_max_size, "db-max-size", |s: &str| if s == "0" {
+            Ok(0)
+        } else {
+            size(s, 1 << 20, usize::MAX).map(|n| n as u64)
+        });
+        c.share_roots = layers.list("share-root", &args.share_roots)?.into_iter().map(PathBuf::from).collect();
+        for root in &c.share_roots {
+            if !root.is_absolute() {
+                return Err(err("share-root", format!("{} is not an absolute path", root.display())));
+            }
+        }
         set!(heartbeat_interval, "heartbeat-interval", duration);
         set!(shutdown_grace, "shutdown-grace", duration);
         set!(http_idle_timeout, "http-idle-timeout", duration);
@@ -403,6 +530,20 @@ pub fn duration(s: &str) -> Result<Duration, String> {
     }
     if d > Duration::from_secs(7 * 24 * 3600) {
         return Err(format!("{s:?} is longer than 7 days"));
+    }
+    Ok(d)
+}
+
+const DAY: u64 = 24 * 3600;
+
+/// Like [`duration`] for retention periods: `7d`, `90d`, `1y`; at most 100 years.
+pub fn long_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|_| format!("{s:?} is not a duration (e.g. 12h, 7d, 90d)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".into());
+    }
+    if d > Duration::from_secs(100 * 365 * DAY) {
+        return Err(format!("{s:?} is longer than 100 years"));
     }
     Ok(d)
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod net;
+pub mod store;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,6 +44,9 @@ pub enum ServerError {
         /// Why.
         source: std::io::Error,
     },
+    /// The database cannot be opened, is too new, or is damaged.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// The bound listener has no address.
     #[error("listener has no local address: {0}")]
     LocalAddr(std::io::Error),
@@ -54,10 +58,24 @@ pub enum ServerError {
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
     let tracker = TaskTracker::new();
     let abort_all = CancellationToken::new();
-    let hub = Hub::new(HubConfig::from(&config), tracker.clone(), abort_all.clone());
+    let (store, history, _lock) = open_store(&config).await?;
+    let hub = Hub::with_store(
+        HubConfig::from(&config),
+        Some(store.clone()),
+        history,
+        tracker.clone(),
+        abort_all.clone(),
+    );
+    store.attach(hub.clone());
     hub.start_background(shutdown.clone());
+    tracker.spawn(store::retention::task(
+        store.clone(),
+        config.retention_interval,
+        shutdown.clone(),
+    ));
     let config = Arc::new(config);
     let app = http::AppState {
+        store: store.clone(),
         hub: hub.clone(),
         config: config.clone(),
         started_at: chrono::Utc::now(),
@@ -68,6 +86,8 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         addr = %listener.local_addr().map_err(ServerError::LocalAddr)?,
         max_connections = config.max_connections,
         epoch = hub.epoch(),
+        seq = hub.head(),
+        durable_history = store.durable(),
         "serving"
     );
 
@@ -89,8 +109,26 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
         abort_all.cancel();
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), tracker.wait()).await;
     }
+    // Last: everything that could still write has stopped.
+    store.close().await;
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// Takes the data directory's lock and opens the store off the async threads.
+async fn open_store(
+    config: &Config,
+) -> Result<(store::Store, store::HistoryStart, store::backup::DataDirLock), ServerError> {
+    let cfg = store::StoreConfig::from(config);
+    let dir = config.data_dir.clone();
+    let opened = tokio::task::spawn_blocking(move || {
+        let lock = store::backup::lock_data_dir(&dir)?;
+        let (store, start) = store::Store::open(cfg)?;
+        Ok::<_, store::StoreError>((store, start, lock))
+    })
+    .await
+    .map_err(|e| store::StoreError::Sqlite(format!("opening the store failed: {e}")))??;
+    Ok(opened)
 }
 
 /// A server running in this process (tests, embedding).

@@ -143,9 +143,57 @@ fn watch_prints_one_json_line_per_message_with_custom_events_in_order() {
     interrupt(&mut w);
 }
 
+const MEMORY_HISTORY: [&str; 6] = [
+    "--ws-ping-interval",
+    "200ms",
+    "--ws-pong-timeout",
+    "200ms",
+    "--history-store",
+    "memory",
+];
+
 #[test]
-fn watch_reconnects_after_a_server_restart_and_reports_the_reset() {
+fn watch_resumes_across_a_server_restart_with_the_durable_history() {
     let mut srv = start_server(&[]);
+    let port = srv.addr.port();
+    let epoch = server_epoch(srv.addr);
+    let mut w = watch(srv.addr, &[]);
+    wait_subscribed(&mut w, 1);
+    for n in 1..=3 {
+        publish_n(srv.addr, n);
+    }
+    wait_events(&mut w, 3);
+
+    let status = srv.terminate();
+    assert_eq!(status.code(), Some(0), "log:\n{}", srv.log());
+    w.wait_stderr("a reconnect notice", WAIT, |l| {
+        l.iter()
+            .any(|l| l.contains("going_away") && l.contains("reconnecting in"))
+    });
+
+    // Same data dir: same epoch, seq continues. Events published before watch is
+    // back are replayed from the database on its resume.
+    let srv2 = Server::start_on_port(port, Some(srv.data_dir()), &KEEPALIVE, Duration::from_secs(5));
+    assert_eq!(server_epoch(srv2.addr), epoch, "the durable history keeps its epoch");
+    assert_eq!(publish_n(srv2.addr, 4), 4, "seq continues after a restart");
+    wait_events(&mut w, 4);
+    assert_eq!(publish_n(srv2.addr, 5), 5);
+    let lines = wait_events(&mut w, 5);
+    assert_eq!(
+        custom_events(&lines),
+        vec![(1, 1), (2, 2), (3, 3), (4, 4), (5, 5)],
+        "{}",
+        w.output()
+    );
+    interrupt(&mut w);
+    let stderr = w.stderr();
+    assert!(!stderr.iter().any(|l| l.contains("RESET")), "{stderr:?}");
+    assert!(!stderr.iter().any(|l| l.contains("skipped")), "no duplicates: {stderr:?}");
+}
+
+#[test]
+fn watch_reconnects_after_a_memory_history_restart_and_reports_the_reset() {
+    let mut srv = start_server(&["--history-store", "memory"]);
     let port = srv.addr.port();
     let old_epoch = server_epoch(srv.addr);
     let mut w = watch(srv.addr, &[]);
@@ -171,7 +219,7 @@ fn watch_reconnects_after_a_server_restart_and_reports_the_reset() {
     );
 
     // A new process on the same port and data dir: a new epoch, seq back at 0.
-    let srv2 = Server::start_on_port(port, Some(srv.data_dir()), &KEEPALIVE, Duration::from_secs(5));
+    let srv2 = Server::start_on_port(port, Some(srv.data_dir()), &MEMORY_HISTORY, Duration::from_secs(5));
     assert_eq!(srv2.addr.port(), port);
     let new_epoch = server_epoch(srv2.addr);
     assert_ne!(new_epoch, old_epoch, "a restart starts a new epoch");

@@ -5,7 +5,9 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use sigmavault_proto::ErrorBody;
+use sigmavault_proto::{ErrorBody, FieldError};
+
+use crate::store::StoreError;
 
 use crate::hub::PublishError;
 use crate::hub::ws::UpgradeError;
@@ -43,6 +45,15 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// The store refused or failed (404, 409, 422 or 503).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The body has invalid fields; every one is listed.
+    #[error("{} field(s) are invalid: {}", .0.len(), .0.iter().map(|f| f.field.as_str()).collect::<Vec<_>>().join(", "))]
+    Validation(Vec<FieldError>),
+    /// A path parameter or query is malformed.
+    #[error("{0}")]
+    BadRequest(String),
     /// Anything unexpected; the message is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -52,6 +63,8 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         match e {
             PublishError::ShuttingDown => ApiError::ShuttingDown,
+            PublishError::Store(StoreError::Invalid(m)) => ApiError::InvalidEvent(m),
+            PublishError::Store(e) => ApiError::Store(e),
         }
     }
 }
@@ -79,6 +92,14 @@ impl ApiError {
             ApiError::Timeout => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::ShuttingDown => (StatusCode::SERVICE_UNAVAILABLE, "shutting_down"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Store(e) => match e {
+                StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+                StoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+                StoreError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+                other => (StatusCode::SERVICE_UNAVAILABLE, other.code()),
+            },
+            ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         }
     }
 }
@@ -89,7 +110,25 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(detail) | ApiError::Upgrade(UpgradeError::Internal(detail)) = &self {
             tracing::error!(detail, "internal error while serving a request");
         }
-        let body = ErrorBody::new(code, self.to_string());
+        if let ApiError::Store(e) = &self
+            && e.is_unavailable()
+        {
+            tracing::error!(error = %e, "storage failure while serving a request");
+        }
+        let message = match &self {
+            // Say what kind of failure, not the SQLite detail.
+            ApiError::Store(e) if e.is_unavailable() => match e {
+                StoreError::Full(_) => "the database is full; free disk space (or raise --db-max-size)".to_owned(),
+                StoreError::ReadOnly(_) => "the database is read-only; check the data directory".to_owned(),
+                StoreError::Corrupt(_) => "the database is damaged; see the server log".to_owned(),
+                _ => "the database is unavailable; see the server log".to_owned(),
+            },
+            other => other.to_string(),
+        };
+        let mut body = ErrorBody::new(code, message);
+        if let ApiError::Validation(fields) = &self {
+            body.error.fields = fields.clone();
+        }
         let mut response = (status, axum::Json(body)).into_response();
         let headers = response.headers_mut();
         match &self {
@@ -101,6 +140,9 @@ impl IntoResponse for ApiError {
                 headers.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
             }
             ApiError::Upgrade(UpgradeError::Full | UpgradeError::ShuttingDown) | ApiError::ShuttingDown => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::Store(e) if e.is_unavailable() => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
             }
             _ => {}

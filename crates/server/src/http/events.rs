@@ -124,7 +124,7 @@ pub(crate) async fn publish(
         }
         None => vec![validate(None, Value::Object(object))?],
     };
-    let seqs: Vec<u64> = app.hub.publish(events)?.into_iter().flatten().collect();
+    let seqs: Vec<u64> = app.hub.publish(events).await?.into_iter().flatten().collect();
     let body = if let [seq] = seqs.as_slice() {
         json!({"seq": seq, "seqs": seqs, "epoch": app.hub.epoch()})
     } else {

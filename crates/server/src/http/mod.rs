@@ -6,6 +6,8 @@
 
 pub mod error;
 mod events;
+mod notifications;
+mod shares;
 mod system;
 
 use std::net::SocketAddr;
@@ -17,11 +19,12 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderName, Method, Uri, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
 use crate::config::Config;
 use crate::hub::{Hub, ws};
+use crate::store::Store;
 use error::ApiError;
 pub use events::MAX_EVENT_DATA;
 
@@ -30,6 +33,8 @@ pub use events::MAX_EVENT_DATA;
 pub struct AppState {
     /// The event hub.
     pub hub: Hub,
+    /// The database.
+    pub store: Store,
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Wall-clock start time, for `/info`.
@@ -48,6 +53,11 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/info", get(system::info))
         .route("/api/v1/hub", get(system::hub_stats))
         .route("/api/v1/events", post(events::publish))
+        .route("/api/v1/notifications", get(notifications::list))
+        .route("/api/v1/notifications/read-all", post(notifications::read_all))
+        .route("/api/v1/notifications/{id}", delete(notifications::remove))
+        .route("/api/v1/notifications/{id}/read", post(notifications::read))
+        .merge(shares::routes())
         .route("/ws", get(ws_events));
     if app.config.ws_echo {
         routes = routes.route("/ws/echo", get(ws_echo));

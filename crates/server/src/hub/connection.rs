@@ -23,6 +23,7 @@ use sigmavault_proto::CloseCode;
 
 use super::echo::EchoInbound;
 use super::inbound::{HubInbound, Inbound};
+use super::resume::HistoryRead;
 use super::outbox::{Batch, CloseRequest, EventFrame, Mode, ReplayRound};
 use super::session::{Session, SessionKind};
 use super::subscriptions::Opening;
@@ -272,9 +273,12 @@ where
     W: AsyncWrite + Unpin,
 {
     let cursor = round.cursor;
-    let Some(chunk) = hub.history_after(cursor, REPLAY_CHUNK) else {
-        hub.replay_overrun(session, cursor);
-        return Ok(());
+    let chunk = match hub.history_after(cursor, REPLAY_CHUNK).await {
+        HistoryRead::Frames(chunk) => chunk,
+        HistoryRead::Gone => {
+            hub.replay_overrun(session, cursor);
+            return Ok(());
+        }
     };
     let Some(last) = chunk.last().map(|f| f.seq) else {
         hub.finish_replay(session, cursor);

@@ -21,6 +21,11 @@ impl History {
         }
     }
 
+    /// Continues a history whose last seq was `last` (before the ring is filled).
+    pub(crate) fn resume_at(&mut self, last: u64) {
+        self.last = last;
+    }
+
     /// Appends the next frame (seqs must arrive in order, gap-free).
     pub(crate) fn push(&mut self, frame: EventFrame) {
         self.last = frame.seq;

@@ -41,11 +41,13 @@ use sigmavault_proto::topics::DEFAULT_SUBSCRIPTIONS;
 use sigmavault_proto::{CloseCode, Pattern, SubscriptionSet};
 
 use crate::config::Config;
+use crate::store::{HistoryStart, Store};
 use history::History;
 use outbox::StateFrame;
 use session::Session;
 use stats::Counters;
 pub use stats::HubStats;
+pub(crate) use publish::Sequenced;
 
 /// Settings the hub takes from [`Config`].
 #[derive(Debug, Clone)]
@@ -107,6 +109,9 @@ pub enum PublishError {
     /// The hub is shutting down.
     #[error("the hub is shutting down")]
     ShuttingDown,
+    /// The durable history could not take the events; nothing was published.
+    #[error("the event could not be stored: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Handle to the hub; cheap to clone.
@@ -119,6 +124,10 @@ struct HubInner {
     cfg: HubConfig,
     /// Identifies this history; seqs mean something only within one epoch.
     epoch: String,
+    /// The store: notifications always, events too when `durable`.
+    store: Option<Store>,
+    /// Event-class messages go through the store's durable log.
+    durable: bool,
     /// Zero point of the hub clock (milliseconds in atomics).
     start: Instant,
     /// The latest seq, stored after the history append. Writers read it under their
@@ -187,17 +196,46 @@ impl Hub {
     /// Creates a hub whose tasks live on `tracker` and whose connections are
     /// aborted when `abort_all` is cancelled.
     pub fn new(cfg: HubConfig, tracker: TaskTracker, abort_all: CancellationToken) -> Hub {
+        let start = HistoryStart {
+            epoch: uuid::Uuid::new_v4().to_string(),
+            last_seq: 0,
+            recent: Vec::new(),
+        };
+        Hub::with_store(cfg, None, start, tracker, abort_all)
+    }
+
+    /// Creates a hub that continues the history `start` describes; with a
+    /// durable store, events go through its log.
+    pub fn with_store(
+        cfg: HubConfig,
+        store: Option<Store>,
+        start: HistoryStart,
+        tracker: TaskTracker,
+        abort_all: CancellationToken,
+    ) -> Hub {
         let default_subs =
             SubscriptionSet::from_patterns(DEFAULT_SUBSCRIPTIONS.iter().filter_map(|p| Pattern::parse(p).ok()));
+        let mut history = History::new(cfg.history);
+        history.resume_at(start.last_seq);
+        for e in start.recent {
+            history.push(outbox::EventFrame {
+                seq: e.seq,
+                bytes: wire::text(&encode(&e.kind, &e.timestamp, Some(e.seq), None, &e.data)),
+                kind: Arc::from(e.kind),
+            });
+        }
+        let durable = store.as_ref().is_some_and(Store::durable);
         Hub {
             inner: Arc::new(HubInner {
-                history: RwLock::new(History::new(cfg.history)),
+                history: RwLock::new(history),
                 cfg,
-                epoch: uuid::Uuid::new_v4().to_string(),
+                epoch: start.epoch,
+                store,
+                durable,
                 start: Instant::now(),
-                head: AtomicU64::new(0),
+                head: AtomicU64::new(start.last_seq),
                 publish: Mutex::new(PublishState {
-                    next_seq: 1,
+                    next_seq: start.last_seq + 1,
                     publishes: 0,
                     subscribers: HashMap::new(),
                 }),
@@ -243,6 +281,21 @@ impl Hub {
     /// The current epoch.
     pub fn epoch(&self) -> &str {
         &self.inner.epoch
+    }
+
+    /// The store, if the hub has one.
+    pub fn store(&self) -> Option<&Store> {
+        self.inner.store.as_ref()
+    }
+
+    /// The oldest seq a resume can still start after (minus one): the durable
+    /// log's oldest with a durable store, else the ring's.
+    pub(crate) fn oldest_retained(&self) -> u64 {
+        let head = self.head();
+        match &self.inner.store {
+            Some(store) if self.inner.durable => store.oldest_seq().min(head + 1),
+            _ => self.inner.history.read().oldest().unwrap_or(head + 1),
+        }
     }
 
     /// The latest seq (0 before the first event).

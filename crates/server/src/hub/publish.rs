@@ -12,6 +12,7 @@ use super::outbox::{EventFrame, Push, StateFrame};
 use super::session::Session;
 use super::wire;
 use super::{Hub, NewEvent, PublishError, PublishState, timestamp};
+use crate::store::events::EventRow;
 
 /// Bound of the per-type subscriber cache; past it the cache starts over, so
 /// publishing many distinct `custom.*` types cannot grow memory without limit.
@@ -40,64 +41,200 @@ impl Frame {
     }
 }
 
-impl Hub {
-    /// Publishes messages in order. Returns each message's seq (`None` for
-    /// state-class messages, which carry none).
-    pub fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Option<u64>>, PublishError> {
-        // Serialise payloads before taking the lock; only the envelope needs the seq.
-        let prepared: Vec<Prepared> = events
-            .into_iter()
-            .map(|e| {
-                let info = topic_info(&e.kind);
-                let key = info.key_field.and_then(|f| e.data.get(f)).map(|v| match v {
-                    Value::String(s) => Arc::from(s.as_str()),
-                    other => Arc::from(other.to_string()),
-                });
-                Prepared {
-                    kind: Arc::from(e.kind),
-                    class: info.class,
-                    key,
-                    data: e.data.to_string(),
-                }
-            })
-            .collect();
+/// Event-class messages stamped with their seqs by the store's writer, waiting
+/// for the commit before [`Hub::deliver`] fans them out.
+pub(crate) struct Sequenced {
+    frames: Vec<Frame>,
+    rows: Vec<EventRow>,
+    seqs: Vec<Option<u64>>,
+}
 
-        let inner = &*self.inner;
-        let mut publish = inner.publish.lock();
+impl Sequenced {
+    /// The rows to append to the durable log.
+    pub(crate) fn rows(&self) -> &[EventRow] {
+        &self.rows
+    }
+}
+
+/// Serialises payloads and looks up delivery classes (no lock needed).
+fn prepare(events: Vec<NewEvent>) -> Vec<Prepared> {
+    events
+        .into_iter()
+        .map(|e| {
+            let info = topic_info(&e.kind);
+            let key = info.key_field.and_then(|f| e.data.get(f)).map(|v| match v {
+                Value::String(s) => Arc::from(s.as_str()),
+                other => Arc::from(other.to_string()),
+            });
+            Prepared {
+                kind: Arc::from(e.kind),
+                class: info.class,
+                key,
+                data: e.data.to_string(),
+            }
+        })
+        .collect()
+}
+
+/// Encodes each message once; event-class ones take seqs from `next_seq`.
+fn build(
+    prepared: Vec<Prepared>,
+    ts: &str,
+    next_seq: &mut u64,
+    mut rows: Option<&mut Vec<EventRow>>,
+) -> (Vec<Frame>, Vec<Option<u64>>) {
+    let mut seqs = Vec::with_capacity(prepared.len());
+    let mut frames: Vec<Frame> = Vec::with_capacity(prepared.len());
+    for Prepared { kind, class, key, data } in prepared {
+        match class {
+            DeliveryClass::Event => {
+                let seq = *next_seq;
+                *next_seq += 1;
+                let bytes = wire::text(&encode(&kind, ts, Some(seq), None, &data));
+                if let Some(rows) = rows.as_deref_mut() {
+                    rows.push(EventRow {
+                        seq,
+                        kind: kind.clone(),
+                        timestamp: ts.to_owned(),
+                        data,
+                    });
+                }
+                seqs.push(Some(seq));
+                frames.push(Frame::Event(EventFrame { seq, kind, bytes }));
+            }
+            DeliveryClass::State => {
+                let bytes = wire::text(&encode(&kind, ts, None, None, &data));
+                seqs.push(None);
+                frames.push(Frame::State(StateFrame { kind, key, bytes }));
+            }
+        }
+    }
+    (frames, seqs)
+}
+
+impl Hub {
+    /// Publishes messages in order and returns each one's seq (`None` for
+    /// state-class messages). With the durable history, event-class messages
+    /// are appended to the store first (group commit) and delivered after the
+    /// commit; if the append fails nothing is delivered and no seq is used.
+    /// Notifications are always stored as records.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Option<u64>>, PublishError> {
+        if self.is_closing() {
+            return Err(PublishError::ShuttingDown);
+        }
+        match &self.inner.store {
+            Some(store) if self.needs_store(&events) => store.append(events).await.map_err(PublishError::Store),
+            _ => self.publish_now(events),
+        }
+    }
+
+    /// Whether publishing these messages writes to the store.
+    fn needs_store(&self, events: &[NewEvent]) -> bool {
+        events.iter().any(|e| {
+            e.kind == "notification" || (self.inner.durable && topic_info(&e.kind).class == DeliveryClass::Event)
+        })
+    }
+
+    /// Publishes one message built by the server itself, without waiting. If the
+    /// store cannot take it, an event-class message is still delivered live,
+    /// without a seq and marked `"durable": false`.
+    pub fn publish_internal(&self, kind: &str, data: Value) {
+        let events = vec![NewEvent {
+            kind: kind.to_owned(),
+            data,
+        }];
+        match &self.inner.store {
+            Some(store) if self.needs_store(&events) => {
+                if let Err(events) = store.append_internal(events) {
+                    self.deliver_unpersisted(events);
+                }
+            }
+            _ => {
+                let _ = self.publish_now(events);
+            }
+        }
+    }
+
+    /// Publishes at once, sequencing in memory (the memory-history path, and
+    /// state-class messages, which are never persisted).
+    pub(crate) fn publish_now(&self, events: Vec<NewEvent>) -> Result<Vec<Option<u64>>, PublishError> {
+        // Serialise payloads before taking the lock; only the envelope needs the seq.
+        let prepared = prepare(events);
+        let mut publish = self.inner.publish.lock();
         if self.is_closing() {
             return Err(PublishError::ShuttingDown);
         }
         // Taken under the lock so timestamps never go backwards as seq goes forwards.
         let ts = timestamp();
-        let mut seqs = Vec::with_capacity(prepared.len());
-        let mut frames: Vec<Frame> = Vec::with_capacity(prepared.len());
+        let mut next_seq = publish.next_seq;
+        let (frames, seqs) = build(prepared, &ts, &mut next_seq, None);
+        self.record_and_fan_out(&mut publish, frames, next_seq);
+        Ok(seqs)
+    }
+
+    /// Stamps messages with seqs from the store writer's counter and encodes
+    /// them; nothing is delivered until [`Hub::deliver`].
+    pub(crate) fn sequence(&self, events: Vec<NewEvent>, next_seq: &mut u64) -> Sequenced {
+        let prepared = prepare(events);
+        let ts = timestamp();
+        let mut rows = Vec::new();
+        let (frames, seqs) = build(prepared, &ts, next_seq, Some(&mut rows));
+        Sequenced { frames, rows, seqs }
+    }
+
+    /// Delivers committed messages (the writer calls this in seq order).
+    pub(crate) fn deliver(&self, s: Sequenced) -> Vec<Option<u64>> {
+        let mut publish = self.inner.publish.lock();
+        let next_seq = s.rows.last().map_or(publish.next_seq, |r| r.seq + 1);
+        self.record_and_fan_out(&mut publish, s.frames, next_seq);
+        s.seqs
+    }
+
+    /// Delivers server-internal messages that could not be persisted: live only,
+    /// no seq, `"durable": false`, outside the resumable sequence.
+    pub(crate) fn deliver_unpersisted(&self, events: Vec<NewEvent>) {
+        let ts = timestamp();
+        let _publish = self.inner.publish.lock();
+        for e in events {
+            let kind: Arc<str> = Arc::from(e.kind.as_str());
+            let mut text = String::with_capacity(e.kind.len() + 96);
+            text.push_str("{\"type\":");
+            text.push_str(&Value::String(e.kind).to_string());
+            text.push_str(",\"timestamp\":\"");
+            text.push_str(&ts);
+            text.push_str("\",\"durable\":false,\"data\":");
+            text.push_str(&e.data.to_string());
+            text.push('}');
+            let bytes = wire::text(&text);
+            for s in self.inner.sessions.read().values() {
+                if s.subs.lock().matches(&kind) {
+                    s.with_outbox(|o| o.push_control(bytes.clone()));
+                }
+            }
+            self.inner.counters.published.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Records frames in the history ring and the state cache, advances the head,
+    /// and hands the frames to every subscriber. Called under the publish lock.
+    fn record_and_fan_out(&self, publish: &mut PublishState, frames: Vec<Frame>, next_seq: u64) {
+        let inner = &*self.inner;
         {
             let mut history = inner.history.write();
-            for Prepared { kind, class, key, data } in prepared {
-                match class {
-                    DeliveryClass::Event => {
-                        let seq = publish.next_seq;
-                        publish.next_seq += 1;
-                        let bytes = wire::text(&encode(&kind, &ts, Some(seq), None, &data));
-                        let frame = EventFrame { seq, kind, bytes };
-                        history.push(frame.clone());
-                        seqs.push(Some(seq));
-                        frames.push(Frame::Event(frame));
-                    }
-                    DeliveryClass::State => {
-                        let bytes = wire::text(&encode(&kind, &ts, None, None, &data));
-                        let frame = StateFrame { kind, key, bytes };
+            for f in &frames {
+                match f {
+                    Frame::Event(e) => history.push(e.clone()),
+                    Frame::State(st) => {
                         inner
                             .state
                             .write()
-                            .insert((frame.kind.clone(), frame.key.clone()), frame.clone());
-                        seqs.push(None);
-                        frames.push(Frame::State(frame));
+                            .insert((st.kind.clone(), st.key.clone()), st.clone());
                     }
                 }
             }
         }
-        inner.head.store(publish.next_seq - 1, Ordering::Release);
+        publish.next_seq = next_seq;
+        inner.head.store(next_seq - 1, Ordering::Release);
         publish.publishes += 1;
         let publish_no = publish.publishes;
         let published = frames.len() as u64;
@@ -107,7 +244,7 @@ impl Hub {
         let mut rest = &frames[..];
         while let Some(first) = rest.first() {
             let kind = first.kind().clone();
-            let subscribers = self.subscribers(&mut publish, &kind);
+            let subscribers = self.subscribers(publish, &kind);
             match first {
                 Frame::State(state) => {
                     for s in subscribers.iter() {
@@ -132,18 +269,7 @@ impl Hub {
                 }
             }
         }
-        drop(publish);
         inner.counters.published.fetch_add(published, Ordering::Relaxed);
-        Ok(seqs)
-    }
-
-    /// Publishes one message built by the server itself.
-    pub fn publish_one(&self, kind: &str, data: Value) -> Result<Option<u64>, PublishError> {
-        let seqs = self.publish(vec![NewEvent {
-            kind: kind.to_owned(),
-            data,
-        }])?;
-        Ok(seqs.into_iter().next().flatten())
     }
 
     fn on_overflow(&self, s: &Session) {

@@ -16,7 +16,16 @@ use sigmavault_proto::server::{Reset, Resumed};
 
 use super::outbox::{EventFrame, Mode};
 use super::session::Session;
-use super::{Hub, control, error_frame};
+use super::{Hub, control, error_frame, wire};
+use sigmavault_proto::server::encode;
+
+/// A replay chunk, or why there is none.
+pub(crate) enum HistoryRead {
+    /// Events after the cursor (empty: the replay has caught up).
+    Frames(Vec<EventFrame>),
+    /// The events after the cursor are no longer retained.
+    Gone,
+}
 
 /// Result of a `resume` request.
 pub(crate) enum ResumeOutcome {
@@ -46,7 +55,7 @@ impl Hub {
         id: Option<&Value>,
     ) -> ResumeOutcome {
         let head = self.head();
-        let oldest = self.inner.history.read().oldest().unwrap_or(head + 1);
+        let oldest = self.oldest_retained();
         if epoch != self.inner.epoch {
             self.queue_reset(
                 session,
@@ -102,16 +111,42 @@ impl Hub {
             reason: reason.to_owned(),
             message,
             epoch: self.inner.epoch.clone(),
-            oldest_seq: self.inner.history.read().oldest().unwrap_or(head + 1),
+            oldest_seq: self.oldest_retained(),
             seq: head,
         };
         self.inner.counters.resets.fetch_add(1, Ordering::Relaxed);
         session.with_outbox(|o| o.push_control(control("reset", id, &body)));
     }
 
-    /// The next replay chunk after `cursor`, or `None` if the ring overtook it.
-    pub(crate) fn history_after(&self, cursor: u64, max: usize) -> Option<Vec<EventFrame>> {
-        self.inner.history.read().after(cursor, max)
+    /// The next replay chunk after `cursor`: from the ring, or from the durable
+    /// log when the ring no longer reaches back that far.
+    pub(crate) async fn history_after(&self, cursor: u64, max: usize) -> HistoryRead {
+        if let Some(frames) = self.inner.history.read().after(cursor, max) {
+            return HistoryRead::Frames(frames);
+        }
+        let Some(store) = self.inner.store.as_ref().filter(|_| self.inner.durable) else {
+            return HistoryRead::Gone;
+        };
+        // Read only what has been delivered: committed rows beyond the head are
+        // still on their way to the hub.
+        let head = self.head();
+        match store.events_after(cursor, head, max).await {
+            Ok(rows) if rows.first().is_some_and(|r| r.seq == cursor + 1) => HistoryRead::Frames(
+                rows.into_iter()
+                    .map(|e| EventFrame {
+                        seq: e.seq,
+                        bytes: wire::text(&encode(&e.kind, &e.timestamp, Some(e.seq), None, &e.data)),
+                        kind: Arc::from(e.kind),
+                    })
+                    .collect(),
+            ),
+            // Pruned (by retention) while the replay was under way.
+            Ok(_) => HistoryRead::Gone,
+            Err(e) => {
+                tracing::warn!(error = %e, cursor, "reading the durable history for a replay failed");
+                HistoryRead::Gone
+            }
+        }
     }
 
     /// Ends a replay that has reached the head: switches to live and queues

@@ -1,0 +1,1 @@
+//! Share definitions (SMB/NFS exports): the SQL half. Validation lives in `crate::shares`.
