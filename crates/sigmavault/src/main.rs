@@ -4,6 +4,7 @@
 
 mod bench;
 mod client;
+mod db;
 mod watch;
 
 use std::process::ExitCode;
@@ -26,6 +27,8 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Load-test a running server's hub and report throughput, latency and memory.
     Bench(bench::BenchArgs),
+    /// Back up, restore or check the database; benchmark event appends.
+    Db(db::DbArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => sigmavault_server::cli::serve_main(*args),
         Command::Watch(args) => report(watch::run(args)),
         Command::Bench(args) => report(bench::run(args)),
+        Command::Db(args) => db::main(args),
     }
 }
 
