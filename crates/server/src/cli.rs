@@ -9,6 +9,9 @@ use crate::config::{Config, LogFormat, ServeArgs};
 
 /// Exit status for an unusable configuration (sysexits EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
+/// Exit status when the database cannot be opened, is damaged or is too new (EX_DATAERR
+/// would hide I/O problems; 74 is EX_IOERR, which covers both).
+pub const EXIT_STORE: u8 = 74;
 
 /// Runs the server until SIGINT/SIGTERM. Exit 0 after a graceful shutdown,
 /// 64 on bad configuration, 1 when the server cannot start.
@@ -36,6 +39,15 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         return ExitCode::FAILURE;
     }
     runtime.block_on(async move {
+        // The database before the socket: a damaged or too-new database stops the
+        // start-up with one clear line, before anything is announced.
+        let opened = match crate::open_store(&config).await {
+            Ok(o) => o,
+            Err(e) => {
+                eprintln!("sigmavault: {e}");
+                return ExitCode::from(EXIT_STORE);
+            }
+        };
         let want = config.listen_addr();
         let listener = match crate::net::bind(want) {
             Ok(l) => l,
@@ -64,7 +76,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         let _ = stdout.flush();
         let shutdown = CancellationToken::new();
         tokio::spawn(signals.wait_then_cancel(shutdown.clone()));
-        match crate::run(config, listener, shutdown).await {
+        match crate::run_opened(config, opened, listener, shutdown).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 tracing::error!(error = %e, "server failed");

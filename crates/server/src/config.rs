@@ -338,7 +338,12 @@ impl Layers<'_> {
         if let Some(v) = (self.env)(&env_key) {
             return Ok(v.split(':').filter(|p| !p.is_empty()).map(str::to_owned).collect());
         }
-        let names = [key.to_owned(), key.replace('-', "_"), plural.clone(), plural.replace('-', "_")];
+        let names = [
+            key.to_owned(),
+            key.replace('-', "_"),
+            plural.clone(),
+            plural.replace('-', "_"),
+        ];
         let Some(value) = names.iter().find_map(|k| self.file.get(k)) else {
             return Ok(Vec::new());
         };
@@ -444,8 +449,12 @@ impl Config {
         set!(history_max_events, "history-max-events", |s| count(s, 1, 1_000_000_000)
             .map(|n| n as u64));
         set!(notifications_max_age, "notifications-max-age", long_duration);
-        set!(notifications_max_count, "notifications-max-count", |s| count(s, 1, 100_000_000)
-            .map(|n| n as u64));
+        set!(notifications_max_count, "notifications-max-count", |s| count(
+            s,
+            1,
+            100_000_000
+        )
+        .map(|n| n as u64));
         set!(audit_max_age, "audit-max-age", long_duration);
         set!(retention_interval, "retention-interval", duration);
         set!(db_max_size, "db-max-size", |s: &str| if s == "0" {
@@ -453,7 +462,11 @@ impl Config {
         } else {
             size(s, 1 << 20, usize::MAX).map(|n| n as u64)
         });
-        c.share_roots = layers.list("share-root", &args.share_roots)?.into_iter().map(PathBuf::from).collect();
+        c.share_roots = layers
+            .list("share-root", &args.share_roots)?
+            .into_iter()
+            .map(PathBuf::from)
+            .collect();
         for root in &c.share_roots {
             if !root.is_absolute() {
                 return Err(err("share-root", format!("{} is not an absolute path", root.display())));

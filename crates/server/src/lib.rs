@@ -56,9 +56,25 @@ pub enum ServerError {
 /// accepting → close every WebSocket with 1001 → let in-flight HTTP requests
 /// finish → wait for every task, at most `shutdown_grace`, then abort the rest.
 pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> Result<(), ServerError> {
+    let opened = open_store(&config).await?;
+    run_opened(config, opened, listener, shutdown).await
+}
+
+/// [`run`] with the store already opened by [`open_store`] (so a damaged
+/// database is reported before the server announces its address).
+pub async fn run_opened(
+    config: Config,
+    opened: OpenedStore,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
     let tracker = TaskTracker::new();
     let abort_all = CancellationToken::new();
-    let (store, history, _lock) = open_store(&config).await?;
+    let OpenedStore {
+        store,
+        history,
+        lock: _lock,
+    } = opened;
     let hub = Hub::with_store(
         HubConfig::from(&config),
         Some(store.clone()),
@@ -115,16 +131,23 @@ pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationTo
     Ok(())
 }
 
-/// Takes the data directory's lock and opens the store off the async threads.
-async fn open_store(
-    config: &Config,
-) -> Result<(store::Store, store::HistoryStart, store::backup::DataDirLock), ServerError> {
+/// The open database, ready for [`run_opened`].
+pub struct OpenedStore {
+    store: store::Store,
+    history: store::HistoryStart,
+    lock: store::backup::DataDirLock,
+}
+
+/// Prepares the data directory, takes its lock, and opens (and migrates) the
+/// database off the async threads.
+pub async fn open_store(config: &Config) -> Result<OpenedStore, ServerError> {
+    prepare_data_dir(&config.data_dir)?;
     let cfg = store::StoreConfig::from(config);
     let dir = config.data_dir.clone();
     let opened = tokio::task::spawn_blocking(move || {
         let lock = store::backup::lock_data_dir(&dir)?;
-        let (store, start) = store::Store::open(cfg)?;
-        Ok::<_, store::StoreError>((store, start, lock))
+        let (store, history) = store::Store::open(cfg)?;
+        Ok::<_, store::StoreError>(OpenedStore { store, history, lock })
     })
     .await
     .map_err(|e| store::StoreError::Sqlite(format!("opening the store failed: {e}")))??;
@@ -181,11 +204,11 @@ pub fn prepare_data_dir(path: &std::path::Path) -> Result<(), ServerError> {
 /// Prepares the data directory, binds `config.listen_addr()` and runs the server
 /// on a new task.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
-    prepare_data_dir(&config.data_dir)?;
+    let opened = open_store(&config).await?;
     let want = config.listen_addr();
     let listener = net::bind(want).map_err(|source| ServerError::Bind { addr: want, source })?;
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(run(config, listener, shutdown.clone()));
+    let handle = tokio::spawn(run_opened(config, opened, listener, shutdown.clone()));
     Ok(RunningServer { addr, shutdown, handle })
 }

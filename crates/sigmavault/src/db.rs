@@ -113,7 +113,10 @@ fn print_summary(s: &store::backup::DbSummary) {
 }
 
 fn bench(args: BenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.batch > 0 && args.publishers > 0, "--batch and --publishers must be > 0");
+    anyhow::ensure!(
+        args.batch > 0 && args.publishers > 0,
+        "--batch and --publishers must be > 0"
+    );
     let tmp;
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -209,11 +212,7 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
                 appended as f64 / groups as f64,
                 after.mean_commit_us
             );
-            println!(
-                "  publish call latency p50 {:.2} ms, p99 {:.2} ms",
-                pct(0.5),
-                pct(0.99)
-            );
+            println!("  publish call latency p50 {:.2} ms, p99 {:.2} ms", pct(0.5), pct(0.99));
         }
         Ok(())
     })

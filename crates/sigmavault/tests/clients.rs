@@ -188,7 +188,10 @@ fn watch_resumes_across_a_server_restart_with_the_durable_history() {
     interrupt(&mut w);
     let stderr = w.stderr();
     assert!(!stderr.iter().any(|l| l.contains("RESET")), "{stderr:?}");
-    assert!(!stderr.iter().any(|l| l.contains("skipped")), "no duplicates: {stderr:?}");
+    assert!(
+        !stderr.iter().any(|l| l.contains("skipped")),
+        "no duplicates: {stderr:?}"
+    );
 }
 
 #[test]

@@ -41,9 +41,8 @@ fn filter(query: Option<&str>) -> Result<Filter, ApiError> {
                 }
             }
             "since" => {
-                let t = chrono::DateTime::parse_from_rfc3339(&value).map_err(|_| {
-                    ApiError::BadRequest(format!("since: {value:?} is not an RFC 3339 time"))
-                })?;
+                let t = chrono::DateTime::parse_from_rfc3339(&value)
+                    .map_err(|_| ApiError::BadRequest(format!("since: {value:?} is not an RFC 3339 time")))?;
                 f.since_ms = Some(t.timestamp_millis());
             }
             "limit" => {
@@ -105,7 +104,13 @@ pub(crate) async fn remove(State(app): State<AppState>, Path(raw): Path<String>)
         .store
         .write(move |tx| {
             let n = notifications::delete(tx, id)?;
-            crate::store::audit::record(tx.conn(), "api", "notification.delete", &format!("notification/{id}"), &json!({}))?;
+            crate::store::audit::record(
+                tx.conn(),
+                "api",
+                "notification.delete",
+                &format!("notification/{id}"),
+                &json!({}),
+            )?;
             Ok(n)
         })
         .await?;

@@ -23,8 +23,8 @@ use sigmavault_proto::CloseCode;
 
 use super::echo::EchoInbound;
 use super::inbound::{HubInbound, Inbound};
-use super::resume::HistoryRead;
 use super::outbox::{Batch, CloseRequest, EventFrame, Mode, ReplayRound};
+use super::resume::HistoryRead;
 use super::session::{Session, SessionKind};
 use super::subscriptions::Opening;
 use super::wire::{self, ReaderIo};

@@ -82,7 +82,13 @@ pub(super) async fn heartbeat(hub: Hub, shutdown: CancellationToken) {
             "clients": hub.client_count(),
             "seq": hub.head(),
         });
-        if hub.publish_now(vec![super::NewEvent { kind: "heartbeat".into(), data }]).is_err() {
+        if hub
+            .publish_now(vec![super::NewEvent {
+                kind: "heartbeat".into(),
+                data,
+            }])
+            .is_err()
+        {
             return;
         }
     }

@@ -44,10 +44,10 @@ use crate::config::Config;
 use crate::store::{HistoryStart, Store};
 use history::History;
 use outbox::StateFrame;
+pub(crate) use publish::Sequenced;
 use session::Session;
 use stats::Counters;
 pub use stats::HubStats;
-pub(crate) use publish::Sequenced;
 
 /// Settings the hub takes from [`Config`].
 #[derive(Debug, Clone)]

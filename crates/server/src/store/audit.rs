@@ -26,15 +26,17 @@ pub struct AuditRecord {
 /// Records an action (inside the caller's transaction).
 pub fn record(conn: &Connection, actor: &str, action: &str, target: &str, detail: &Value) -> Result<(), StoreError> {
     let t = chrono::Utc::now();
-    conn.prepare_cached("INSERT INTO audit (at, at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?
-        .execute(params![
-            t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-            t.timestamp_millis(),
-            actor,
-            action,
-            target,
-            detail.to_string()
-        ])?;
+    conn.prepare_cached(
+        "INSERT INTO audit (at, at_ms, actor, action, target, detail) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        t.timestamp_millis(),
+        actor,
+        action,
+        target,
+        detail.to_string()
+    ])?;
     Ok(())
 }
 

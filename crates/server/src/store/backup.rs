@@ -57,7 +57,9 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StoreError> {
 /// Where the automatic pre-migration backup of schema `version` goes.
 pub(super) fn automatic_backup_path(data_dir: &Path, version: u32) -> PathBuf {
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-    data_dir.join("backups").join(format!("sigmavault-v{version}-{stamp}.db"))
+    data_dir
+        .join("backups")
+        .join(format!("sigmavault-v{version}-{stamp}.db"))
 }
 
 /// Copies the database behind `src` to `dest` (replacing it atomically).
@@ -200,7 +202,9 @@ pub fn restore(data_dir: &Path, src_path: &Path) -> Result<DbSummary, StoreError
     if db.exists() {
         let current = Connection::open(&db).map_err(backup_err)?;
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
-        let keep = data_dir.join("backups").join(format!("sigmavault-before-restore-{stamp}.db"));
+        let keep = data_dir
+            .join("backups")
+            .join(format!("sigmavault-before-restore-{stamp}.db"));
         backup_to(&current, &keep)?;
         tracing::info!(kept = %keep.display(), "the replaced database was kept");
     }

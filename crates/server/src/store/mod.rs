@@ -305,7 +305,11 @@ impl Store {
     /// Queues server-internal events without waiting. If they cannot be persisted
     /// they are still delivered live, without a seq and marked `"durable": false`.
     pub fn append_internal(&self, events: Vec<NewEvent>) -> Result<(), Vec<NewEvent>> {
-        match self.inner.jobs.try_send(writer::Msg::Work(writer::Job::internal(events))) {
+        match self
+            .inner
+            .jobs
+            .try_send(writer::Msg::Work(writer::Job::internal(events)))
+        {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(writer::Msg::Work(job)))
             | Err(mpsc::error::TrySendError::Closed(writer::Msg::Work(job))) => Err(job.into_events()),

@@ -76,7 +76,9 @@ impl NewNotification {
                         return Err(StoreError::Invalid(format!("data.{field}: must not be empty")));
                     }
                     if s.chars().count() > max {
-                        return Err(StoreError::Invalid(format!("data.{field}: longer than {max} characters")));
+                        return Err(StoreError::Invalid(format!(
+                            "data.{field}: longer than {max} characters"
+                        )));
                     }
                     Ok(s.to_owned())
                 }
@@ -251,8 +253,10 @@ pub fn mark_read(tx: &mut WriteTx<'_>, id: i64) -> Result<Notification, StoreErr
         return Ok(n);
     }
     let (read_at, _) = now();
-    tx.conn()
-        .execute("UPDATE notifications SET read_at = ?1 WHERE id = ?2", params![read_at, id])?;
+    tx.conn().execute(
+        "UPDATE notifications SET read_at = ?1 WHERE id = ?2",
+        params![read_at, id],
+    )?;
     n.read_at = Some(read_at.clone());
     tx.publish("notification.read", json!({"ids": [id], "read_at": read_at}))?;
     Ok(n)
@@ -271,9 +275,14 @@ pub fn mark_all_read(tx: &mut WriteTx<'_>) -> Result<Vec<i64>, StoreError> {
         return Ok(ids);
     }
     let (read_at, _) = now();
-    tx.conn()
-        .execute("UPDATE notifications SET read_at = ?1 WHERE read_at IS NULL", [&read_at])?;
-    tx.publish("notification.read", json!({"ids": ids, "read_at": read_at, "all": true}))?;
+    tx.conn().execute(
+        "UPDATE notifications SET read_at = ?1 WHERE read_at IS NULL",
+        [&read_at],
+    )?;
+    tx.publish(
+        "notification.read",
+        json!({"ids": ids, "read_at": read_at, "all": true}),
+    )?;
     Ok(ids)
 }
 

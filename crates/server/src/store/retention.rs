@@ -41,9 +41,10 @@ pub fn prune(conn: &Connection, cfg: &StoreConfig, now: chrono::DateTime<chrono:
                 }
             };
             if keep_from > oldest {
-                let before: i64 = conn.query_row("SELECT count(*) FROM events WHERE seq < ?1", [keep_from as i64], |r| {
-                    r.get(0)
-                })?;
+                let before: i64 =
+                    conn.query_row("SELECT count(*) FROM events WHERE seq < ?1", [keep_from as i64], |r| {
+                        r.get(0)
+                    })?;
                 events::delete_before(conn, keep_from)?;
                 out.events = before as u64;
                 out.oldest_seq = Some(keep_from);

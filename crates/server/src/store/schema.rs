@@ -137,7 +137,11 @@ pub(super) fn open_rw(path: &Path, max_size: u64) -> Result<Connection, StoreErr
     if max_size > 0 {
         let page: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         let page = page.max(512) as u64;
-        conn.query_row(&format!("PRAGMA max_page_count = {}", (max_size / page).max(1)), [], |_| Ok(()))?;
+        conn.query_row(
+            &format!("PRAGMA max_page_count = {}", (max_size / page).max(1)),
+            [],
+            |_| Ok(()),
+        )?;
     }
     secure_files(path);
     Ok(conn)

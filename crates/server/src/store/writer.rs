@@ -105,7 +105,11 @@ impl Job {
         F: FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         Job {
-            work: Box::new(Typed { f: Some(f), out: None, reply }),
+            work: Box::new(Typed {
+                f: Some(f),
+                out: None,
+                reply,
+            }),
         }
     }
 
