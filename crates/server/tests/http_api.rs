@@ -136,7 +136,7 @@ async fn publish_one_event_or_a_batch() {
         .http
         .post(srv.url("/api/v1/events"))
         .header(CONTENT_TYPE, "application/json; charset=utf-8")
-        .body(r#"{"type": "notification"}"#)
+        .body(r#"{"type": "custom.no-data"}"#)
         .send()
         .await
         .expect("request");

@@ -84,7 +84,10 @@ async fn subscriptions_filter_by_exact_prefix_and_wildcard() {
         "custom.c",
         "notification",
     ];
-    let batch: Vec<Value> = kinds.iter().map(|k| json!({"type": k})).collect();
+    let batch: Vec<Value> = kinds
+        .iter()
+        .map(|k| json!({"type": k, "data": {"title": "a notification needs a title"}}))
+        .collect();
     assert_eq!(srv.publish(&batch).await, vec![1, 2, 3, 4, 5, 6]);
 
     let expect = |picks: &[u64]| -> Vec<(String, u64)> {
@@ -132,7 +135,7 @@ async fn unsubscribing_stops_delivery() {
     let seqs = srv
         .publish(&[
             json!({"type": "custom.x", "data": {"tag": "after"}}),
-            json!({"type": "notification"}),
+            json!({"type": "notification", "data": {"title": "t"}}),
         ])
         .await;
     assert_eq!(seqs, vec![2, 3]);
@@ -494,7 +497,7 @@ async fn types_query_replaces_the_default_subscriptions() {
     srv.publish(&[
         json!({"type": "custom.a"}),
         json!({"type": "custom.b.x"}),
-        json!({"type": "notification"}),
+        json!({"type": "notification", "data": {"title": "t"}}),
     ])
     .await;
     let got = typed_seqs(&c.sync().await);

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use common::TestServer;
 use common::hub::{NonstopPublisher, assert_contiguous, events, publish_in_background, seq};
+use sigmavault_server::config::HistoryStore;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_message_replays_exactly_the_missed_events_then_goes_live() {
@@ -114,7 +115,12 @@ async fn resume_at_the_head_replays_nothing() {
 
 #[tokio::test]
 async fn resume_from_before_the_history_resets_with_history_too_old() {
-    let srv = TestServer::spawn_with(|c| c.history = 10).await;
+    // The in-memory ring alone (the durable log's retention has its own test).
+    let srv = TestServer::spawn_with(|c| {
+        c.history = 10;
+        c.history_store = HistoryStore::Memory;
+    })
+    .await;
     let mut c = srv.connect().await;
     let epoch = c.welcome["data"]["epoch"].as_str().expect("epoch").to_owned();
     c.subscribe(&["custom.*"]).await;
@@ -218,6 +224,8 @@ async fn replay_overtaken_by_the_ring_resets_with_history_overrun() {
     const HISTORY: u64 = 100;
     let srv = TestServer::spawn_with(|c| {
         c.history = HISTORY as usize;
+        // Only the memory ring can be overtaken; the durable log backs replays otherwise.
+        c.history_store = HistoryStore::Memory;
         c.ws_send_buffer = 4096;
         c.ws_write_timeout = Duration::from_secs(600);
         c.ws_ping_interval = Duration::from_secs(600);
@@ -290,7 +298,7 @@ async fn repeated_resumes_under_nonstop_publishing_keep_the_stream_exact() {
         crowd.push(srv.connect().await);
     }
     let epoch = crowd[0].welcome["data"]["epoch"].as_str().expect("epoch").to_owned();
-    let publisher = NonstopPublisher::start(&srv, json!({"type": "notification", "data": {}}));
+    let publisher = NonstopPublisher::start(&srv, json!({"type": "notification", "data": {"title": "t"}}));
     // `notification` is in the default set and the only type published, so this
     // connection must see every seq after its welcome, once, in order.
     let mut c = srv.connect().await;
@@ -503,7 +511,7 @@ async fn types_query_sets_the_subscriptions_a_query_resume_replays() {
         .to_owned();
     srv.publish(&[
         json!({"type": "custom.a"}),
-        json!({"type": "notification"}),
+        json!({"type": "notification", "data": {"title": "t"}}),
         json!({"type": "custom.b"}),
     ])
     .await;

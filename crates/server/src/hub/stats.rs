@@ -37,8 +37,14 @@ pub struct HubStats {
     pub epoch: String,
     /// The latest seq.
     pub seq: u64,
-    /// Oldest seq retained for resume.
+    /// Oldest seq retained for resume (durable log or ring); absent when nothing is retained.
     pub history_oldest_seq: Option<u64>,
+    /// Oldest seq in the in-memory ring.
+    pub ring_oldest_seq: Option<u64>,
+    /// Whether events are kept in the durable log.
+    pub durable_history: bool,
+    /// The store writer: commits, events appended, commit time.
+    pub store: Option<crate::store::writer::StoreStats>,
     /// Messages published (events and state).
     pub events_published: u64,
     /// Messages written to client sockets.
@@ -79,7 +85,10 @@ pub(super) fn snapshot(hub: &Hub) -> HubStats {
         subscriptions,
         epoch: inner.epoch.clone(),
         seq: hub.head(),
-        history_oldest_seq: inner.history.read().oldest(),
+        history_oldest_seq: Some(hub.oldest_retained()).filter(|o| *o <= hub.head()),
+        ring_oldest_seq: inner.history.read().oldest(),
+        durable_history: inner.durable,
+        store: inner.store.as_ref().map(|s| s.store_stats()),
         events_published: c.published.load(Ordering::Relaxed),
         events_delivered: c.delivered.load(Ordering::Relaxed),
         dropped_by_close: c.slow_consumer_closes.load(Ordering::Relaxed),

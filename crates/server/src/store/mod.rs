@@ -21,7 +21,7 @@ mod pool;
 pub mod retention;
 pub mod schema;
 pub mod shares;
-mod writer;
+pub mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -41,8 +41,12 @@ pub fn seq_in_text(text: &str) -> Option<u64> {
 
 /// `n` events of type `kind` whose data carries `tag` and the index.
 pub fn events(kind: &str, n: usize, tag: &str) -> Vec<Value> {
+    // Notifications are stored records: their data is a title and a message.
     (0..n)
-        .map(|i| json!({"type": kind, "data": {"tag": tag, "i": i}}))
+        .map(|i| match kind {
+            "notification" => json!({"type": kind, "data": {"title": format!("{tag} {i}"), "message": "m"}}),
+            _ => json!({"type": kind, "data": {"tag": tag, "i": i}}),
+        })
         .collect()
 }
 
