@@ -9,6 +9,7 @@ pub mod config;
 pub mod http;
 pub mod hub;
 pub mod net;
+pub mod shares;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -68,21 +69,13 @@ pub async fn run_opened(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), ServerError> {
-    let tracker = TaskTracker::new();
-    let abort_all = CancellationToken::new();
     let OpenedStore {
         store,
-        history,
+        hub,
+        tracker,
+        abort_all,
         lock: _lock,
     } = opened;
-    let hub = Hub::with_store(
-        HubConfig::from(&config),
-        Some(store.clone()),
-        history,
-        tracker.clone(),
-        abort_all.clone(),
-    );
-    store.attach(hub.clone());
     hub.start_background(shutdown.clone());
     tracker.spawn(store::retention::task(
         store.clone(),
@@ -131,11 +124,20 @@ pub async fn run_opened(
     Ok(())
 }
 
-/// The open database, ready for [`run_opened`].
+/// The open database and the hub that continues its history, ready for [`run_opened`].
 pub struct OpenedStore {
     store: store::Store,
-    history: store::HistoryStart,
+    hub: Hub,
+    tracker: TaskTracker,
+    abort_all: CancellationToken,
     lock: store::backup::DataDirLock,
+}
+
+impl OpenedStore {
+    /// The hub (not serving yet).
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
 }
 
 /// Prepares the data directory, takes its lock, and opens (and migrates) the
@@ -144,14 +146,30 @@ pub async fn open_store(config: &Config) -> Result<OpenedStore, ServerError> {
     prepare_data_dir(&config.data_dir)?;
     let cfg = store::StoreConfig::from(config);
     let dir = config.data_dir.clone();
-    let opened = tokio::task::spawn_blocking(move || {
+    let (store, history, lock) = tokio::task::spawn_blocking(move || {
         let lock = store::backup::lock_data_dir(&dir)?;
         let (store, history) = store::Store::open(cfg)?;
-        Ok::<_, store::StoreError>(OpenedStore { store, history, lock })
+        Ok::<_, store::StoreError>((store, history, lock))
     })
     .await
     .map_err(|e| store::StoreError::Sqlite(format!("opening the store failed: {e}")))??;
-    Ok(opened)
+    let tracker = TaskTracker::new();
+    let abort_all = CancellationToken::new();
+    let hub = Hub::with_store(
+        HubConfig::from(config),
+        Some(store.clone()),
+        history,
+        tracker.clone(),
+        abort_all.clone(),
+    );
+    store.attach(hub.clone());
+    Ok(OpenedStore {
+        store,
+        hub,
+        tracker,
+        abort_all,
+        lock,
+    })
 }
 
 /// A server running in this process (tests, embedding).
@@ -160,6 +178,8 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     /// Cancel to begin a graceful shutdown.
     pub shutdown: CancellationToken,
+    /// The hub (to publish server-internal events from tests and embedders).
+    pub hub: Hub,
     handle: tokio::task::JoinHandle<Result<(), ServerError>>,
 }
 
@@ -205,10 +225,16 @@ pub fn prepare_data_dir(path: &std::path::Path) -> Result<(), ServerError> {
 /// on a new task.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let opened = open_store(&config).await?;
+    let hub = opened.hub.clone();
     let want = config.listen_addr();
     let listener = net::bind(want).map_err(|source| ServerError::Bind { addr: want, source })?;
     let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run_opened(config, opened, listener, shutdown.clone()));
-    Ok(RunningServer { addr, shutdown, handle })
+    Ok(RunningServer {
+        addr,
+        shutdown,
+        hub,
+        handle,
+    })
 }

@@ -430,6 +430,16 @@ async fn a_full_database_refuses_with_503_and_loses_nothing_acknowledged() {
     for want in 1..=last {
         assert_eq!(seq(&c.next_event().await), want);
     }
+    // A server-internal event that cannot be stored is still delivered, live,
+    // without a seq and marked non-durable; it does not disturb the sequence.
+    let hub = srv.server.as_ref().expect("running").hub.clone();
+    c.subscribe(&["storage.disk.*"]).await;
+    hub.publish_internal("storage.disk.removed", json!({"name": "sdz", "pad": pad}));
+    let ev = c.next_of("storage.disk.removed").await;
+    assert_eq!(ev["durable"], false, "{}", &ev.to_string()[..200]);
+    assert!(ev.get("seq").is_none());
+    assert_eq!(ev["data"]["name"], "sdz");
+
     // Reads still work while writes are refused.
     let (status, _) = get(&srv, "/api/v1/notifications").await;
     assert_eq!(status, 200);
@@ -456,4 +466,24 @@ async fn a_full_database_refuses_with_503_and_loses_nothing_acknowledged() {
         .await;
     let (replayed, _) = d.read_replay().await;
     assert_contiguous("after restart", &replayed, 1, head);
+}
+
+#[tokio::test]
+async fn a_notification_raised_inside_the_server_is_stored_and_published() {
+    let srv = TestServer::spawn().await;
+    let mut c = srv.connect().await;
+    let hub = srv.server.as_ref().expect("running").hub.clone();
+    hub.publish_internal(
+        "notification",
+        json!({"level": "critical", "title": "sda failing", "message": "SMART says so", "source": "smart"}),
+    );
+    // `notification` is in the default subscriptions.
+    let ev = c.next_of("notification").await;
+    assert_eq!(ev["seq"], 1, "{ev}");
+    assert!(ev.get("durable").is_none(), "stored events carry no durable flag: {ev}");
+    let id = ev["data"]["id"].as_i64().expect("a stored record has an id");
+    let (_, page) = get(&srv, "/api/v1/notifications").await;
+    assert_eq!(page["notifications"][0]["id"], id);
+    assert_eq!(page["notifications"][0]["source"], "smart");
+    assert_eq!(page["notifications"][0]["level"], "critical");
 }
