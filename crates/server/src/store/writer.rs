@@ -282,7 +282,18 @@ impl Writer {
     fn commit_group(&mut self, group: Vec<Job>) {
         let started = Instant::now();
         let durable = self.store.durable();
-        let outcome = stage_and_commit(&mut self.conn, self.hub.as_ref(), &mut self.next_seq, durable, group);
+        let retention = CountRetention {
+            max_events: self.store.inner.cfg.history_max_events,
+            oldest: self.store.oldest_seq(),
+        };
+        let outcome = stage_and_commit(
+            &mut self.conn,
+            self.hub.as_ref(),
+            &mut self.next_seq,
+            durable,
+            retention,
+            group,
+        );
         let c = &self.store.inner.counters;
         if outcome.committed {
             let us = started.elapsed().as_micros() as u64;
@@ -291,8 +302,8 @@ impl Writer {
             c.events.fetch_add(outcome.appended, Ordering::Relaxed);
             c.commit_us_total.fetch_add(us, Ordering::Relaxed);
             c.last_commit_us.store(us, Ordering::Relaxed);
-            if durable && outcome.appended > 0 {
-                self.prune_by_count();
+            if let Some(oldest) = outcome.new_oldest {
+                self.store.set_oldest_seq(oldest);
             }
         } else {
             c.failed_commits.fetch_add(1, Ordering::Relaxed);
@@ -326,24 +337,6 @@ impl Writer {
             }
         }
     }
-
-    /// Keeps the log within `history_max_events` right after appends, so the
-    /// count bound holds exactly (age is handled by the retention task).
-    fn prune_by_count(&mut self) {
-        let max = self.store.inner.cfg.history_max_events;
-        let last = self.next_seq - 1;
-        if last < max {
-            return;
-        }
-        let keep_from = last - max + 1;
-        if self.store.oldest_seq() >= keep_from {
-            return;
-        }
-        match events::delete_before(&self.conn, keep_from) {
-            Ok(()) => self.store.set_oldest_seq(keep_from),
-            Err(e) => tracing::warn!(error = %e, "pruning the event log by count failed"),
-        }
-    }
 }
 
 /// What staging and committing one group produced.
@@ -352,8 +345,18 @@ struct Outcome {
     /// Jobs left for the next group (the event bound was reached).
     overflow: Vec<Job>,
     appended: u64,
+    /// The log's new oldest seq, when count retention deleted events.
+    new_oldest: Option<u64>,
     /// False when the transaction could not begin or commit.
     committed: bool,
+}
+
+/// The count bound of the durable log, kept exact by deleting the oldest events in
+/// the same transaction that appends new ones (no extra flush).
+#[derive(Clone, Copy)]
+struct CountRetention {
+    max_events: u64,
+    oldest: u64,
 }
 
 /// Runs each job in its own savepoint inside one transaction and commits once.
@@ -362,6 +365,7 @@ fn stage_and_commit(
     hub: Option<&Hub>,
     next_seq: &mut u64,
     durable: bool,
+    retention: CountRetention,
     group: Vec<Job>,
 ) -> Outcome {
     let first_seq = *next_seq;
@@ -384,6 +388,7 @@ fn stage_and_commit(
                 staged,
                 overflow,
                 appended,
+                new_oldest: None,
                 committed: false,
             };
         }
@@ -425,11 +430,23 @@ fn stage_and_commit(
         }
         staged.push(Staged { work, result });
     }
-    if durable
-        && *next_seq != first_seq
-        && let Err(e) = events::set_last_seq(&tx, *next_seq - 1)
-    {
-        fail_group(next_seq, &mut staged, StoreError::from(e), first_seq);
+    let mut new_oldest = None;
+    if durable && *next_seq != first_seq {
+        let last = *next_seq - 1;
+        let keep_from = (last + 1).saturating_sub(retention.max_events).max(1);
+        let result = events::set_last_seq(&tx, last)
+            .map_err(StoreError::from)
+            .and_then(|()| {
+                if retention.oldest < keep_from {
+                    events::delete_before(&tx, keep_from)?;
+                    new_oldest = Some(keep_from);
+                }
+                Ok(())
+            });
+        if let Err(e) = result {
+            new_oldest = None;
+            fail_group(next_seq, &mut staged, e, first_seq);
+        }
     }
     let committed = if staged.iter().any(|s| s.result.is_ok()) {
         tx.commit().map_err(StoreError::from)
@@ -444,6 +461,7 @@ fn stage_and_commit(
             staged,
             overflow,
             appended: 0,
+            new_oldest: None,
             committed: false,
         };
     }
@@ -451,6 +469,7 @@ fn stage_and_commit(
         staged,
         overflow,
         appended,
+        new_oldest,
         committed: true,
     }
 }
