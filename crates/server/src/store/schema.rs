@@ -125,7 +125,17 @@ pub(super) fn open_rw(path: &Path, max_size: u64) -> Result<Connection, StoreErr
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(path, e))?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| open_err(path, e))?;
-    // The first statement reads the header: a file that is not a database fails here.
+    // The first statement reads the header: a file that is not a database fails here,
+    // and a database from a newer SigmaVault is refused before anything changes it.
+    let found = version(&conn).map_err(|e| describe_open_failure(path, e))?;
+    let known = latest_version();
+    if found > known {
+        return Err(StoreError::SchemaTooNew {
+            path: path.to_path_buf(),
+            found,
+            known,
+        });
+    }
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| describe_open_failure(path, e))?;
@@ -175,13 +185,6 @@ pub(super) fn open_and_migrate(path: &Path, cfg: &StoreConfig) -> Result<Connect
     let mut conn = open_rw(path, cfg.max_size)?;
     let found = version(&conn).map_err(|e| describe_open_failure(path, e))?;
     let known = latest_version();
-    if found > known {
-        return Err(StoreError::SchemaTooNew {
-            path: path.to_path_buf(),
-            found,
-            known,
-        });
-    }
     if found > 0 && found < known {
         let dest = backup::automatic_backup_path(&cfg.data_dir, found);
         tracing::info!(from = found, to = known, backup = %dest.display(), "backing up the database before migrating");
@@ -208,5 +211,71 @@ mod tests {
     #[test]
     fn migrations_are_valid() {
         migrations(MIGRATIONS.len()).validate().unwrap();
+    }
+
+    fn config(dir: &Path) -> StoreConfig {
+        StoreConfig::from(&crate::config::Config {
+            data_dir: dir.to_path_buf(),
+            ..crate::config::Config::default()
+        })
+    }
+
+    #[test]
+    fn an_older_database_is_backed_up_then_migrated_keeping_its_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(super::super::DB_FILE);
+        {
+            let mut c = Connection::open(&path).unwrap();
+            migrate(&mut c, 1).unwrap();
+            events::set_meta(&c, "epoch", "old-epoch").unwrap();
+            events::set_meta(&c, "last_seq", "1").unwrap();
+            c.execute(
+                "INSERT INTO events (seq, type, timestamp, data, created_ms) VALUES (1, 'custom.x', 't', '{}', 0)",
+                [],
+            )
+            .unwrap();
+        }
+        let conn = open_and_migrate(&path, &config(dir.path())).unwrap();
+        assert_eq!(version(&conn).unwrap(), latest_version());
+        assert_eq!(events::epoch(&conn).unwrap(), "old-epoch", "migrating keeps the epoch");
+        let backups: Vec<_> = std::fs::read_dir(dir.path().join("backups"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(backups.len(), 1, "{backups:?}");
+        assert!(backups[0].to_string_lossy().contains("sigmavault-v1-"), "{backups:?}");
+        let old = Connection::open(&backups[0]).unwrap();
+        assert_eq!(version(&old).unwrap(), 1, "the backup is the database before migrating");
+        let n: i64 = old.query_row("SELECT count(*) FROM events", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn a_newer_database_is_refused_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(super::super::DB_FILE);
+        {
+            let c = Connection::open(&path).unwrap();
+            c.execute_batch("PRAGMA user_version = 99;").unwrap();
+        }
+        let before = std::fs::read(&path).unwrap();
+        let wal = dir.path().join(format!("{}-wal", super::super::DB_FILE));
+        match open_and_migrate(&path, &config(dir.path())) {
+            Err(StoreError::SchemaTooNew { found: 99, known, .. }) => assert_eq!(known, latest_version()),
+            other => panic!("expected SchemaTooNew, got {:?}", other.map(|_| ())),
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), before, "not a byte changed");
+        assert!(!wal.exists(), "not even switched to WAL");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(super::super::DB_FILE);
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let err = open_and_migrate(&path, &config(dir.path())).map(|_| ()).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("not a SQLite database"), "{msg}");
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
     }
 }
