@@ -361,7 +361,9 @@ async fn every_validation_code_is_reported() {
         "path": root.join("dir"),
         "protocol": "nfs",
         "read_only": null,
-        "allowed_hosts": ["*", "192.168.1.0/24", "10.0.0.0/255.0.0.0", "fd00::/8", "::1", "*.lan", "host?.lan", "@trusted"],
+        "allowed_hosts": [
+            "*", "192.168.1.0/24", "10.0.0.0/255.0.0.0", "fd00::/8", "::1", "*.lan", "host?.lan", "@trusted"
+        ],
         "allowed_users": ["alice", "@staff", "_svc", "pc01$", format!("a{}", "b".repeat(31))],
         "comment": "c".repeat(256),
     });
@@ -803,7 +805,7 @@ async fn malformed_requests_get_json_errors() {
     let (status, _, body) = srv.post_share(&big).await;
     assert_error(status, &body, 413, "payload_too_large");
 
-    for id in ["abc", "0", "-1", "1.5", "99999999999999999999"] {
+    for id in ["abc", "0", "-1", "+1", "01", "1.5", "99999999999999999999"] {
         let path = format!("{SHARES}/{id}");
         let (status, _, body) = send(srv.http.get(srv.url(&path))).await;
         assert_error(status, &body, 400, "bad_request");

@@ -6,7 +6,7 @@
 //! | `POST /api/v1/storage/shares` | 201 record, `Location: /api/v1/storage/shares/{id}` |
 //! | `GET /api/v1/storage/shares/{id}` | 200 record |
 //! | `PUT /api/v1/storage/shares/{id}` | 200 record (full replace: absent optional fields take their defaults) |
-//! | `PATCH /api/v1/storage/shares/{id}` | 200 record (given fields merged over the record, then the whole is validated; `null` resets a field to its default) |
+//! | `PATCH /api/v1/storage/shares/{id}` | 200 record (given fields merged over it, then all validated; null resets) |
 //! | `DELETE /api/v1/storage/shares/{id}` | 200 `{"deleted": record}`, like notifications, so a client can offer undo |
 //!
 //! Failures: a body that is not a JSON object is 400 `bad_json`; a malformed id
@@ -39,8 +39,10 @@ pub(crate) fn routes() -> Router<AppState> {
         )
 }
 
+/// Digits only: `+5` or `05` would otherwise name share 5 under a second URL.
 fn share_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+    let canonical = !raw.starts_with('0') && !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
+    canonical.then(|| raw.parse::<i64>().ok()).flatten().ok_or_else(|| {
         ApiError::BadRequest(format!(
             "{:?} is not a share id (a positive integer)",
             raw.chars().take(40).collect::<String>()
