@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -72,34 +72,14 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
-    let is_json = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-        });
-    if !is_json {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let limit = app.config.http_max_body;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if too_large {
-            ApiError::PayloadTooLarge(limit)
-        } else {
-            ApiError::BadJson(format!("could not read the request body: {e}"))
-        }
-    })?;
-    let parsed: Value =
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::BadJson(format!("request body is not JSON: {e}")))?;
-    let Value::Object(mut object) = parsed else {
-        return Err(ApiError::BadJson(
-            "request body must be an object: {\"type\",\"data\"} or {\"events\":[…]}".into(),
-        ));
-    };
+    let mut object = super::body::json_object(
+        &headers,
+        body,
+        app.config.http_max_body,
+        false,
+        "an object: {\"type\",\"data\"} or {\"events\":[…]}",
+    )
+    .await?;
     let events = match object.remove("events") {
         Some(batch) => {
             if let Some(extra) = object.keys().next() {

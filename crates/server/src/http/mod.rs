@@ -4,6 +4,7 @@
 //! → request timeout → handler. Every error body, including 404 and 405, is the
 //! JSON error body of [`error::ApiError`].
 
+mod body;
 pub mod error;
 mod events;
 mod notifications;

@@ -72,10 +72,7 @@ fn filter(query: Option<&str>) -> Result<Filter, ApiError> {
 }
 
 fn id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|n| *n > 0)
-        .ok_or_else(|| ApiError::BadRequest(format!("{raw:?} is not a notification id")))
+    super::body::record_id(raw, "notification")
 }
 
 /// `GET /api/v1/notifications`: newest first.

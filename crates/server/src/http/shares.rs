@@ -24,8 +24,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 
-use super::AppState;
 use super::error::ApiError;
+use super::{AppState, body};
 use crate::shares::{self as rules, PathPolicy, Rejected};
 use crate::store::shares::{self, Share};
 
@@ -39,56 +39,26 @@ pub(crate) fn routes() -> Router<AppState> {
         )
 }
 
-/// Digits only: `+5` or `05` would otherwise name share 5 under a second URL.
 fn share_id(raw: &str) -> Result<i64, ApiError> {
-    let canonical = !raw.starts_with('0') && !raw.is_empty() && raw.bytes().all(|b| b.is_ascii_digit());
-    canonical.then(|| raw.parse::<i64>().ok()).flatten().ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "{:?} is not a share id (a positive integer)",
-            raw.chars().take(40).collect::<String>()
-        ))
-    })
+    body::record_id(raw, "share")
 }
 
-/// Reads a JSON object body within `--http-max-body`, as `POST /api/v1/events`
-/// does. PATCH also takes `application/merge-patch+json`, whose semantics
-/// (given fields replace, `null` resets) are what PATCH does here.
+/// PATCH also takes `application/merge-patch+json`, whose semantics (given fields
+/// replace, `null` resets) are what PATCH does here.
 async fn read_object(
     app: &AppState,
     headers: &HeaderMap,
     body: Body,
     merge_patch: bool,
 ) -> Result<Map<String, Value>, ApiError> {
-    let media = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .map(|m| m.trim().to_ascii_lowercase());
-    let acceptable = match media.as_deref() {
-        Some("application/json") => true,
-        Some("application/merge-patch+json") => merge_patch,
-        _ => false,
-    };
-    if !acceptable {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let limit = app.config.http_max_body;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-            || e.to_string().contains("length limit");
-        if too_large {
-            ApiError::PayloadTooLarge(limit)
-        } else {
-            ApiError::BadJson(format!("could not read the request body: {e}"))
-        }
-    })?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(object)) => Ok(object),
-        Ok(_) => Err(ApiError::BadJson(
-            "request body must be a JSON object of share fields".into(),
-        )),
-        Err(e) => Err(ApiError::BadJson(format!("request body is not JSON: {e}"))),
-    }
+    body::json_object(
+        headers,
+        body,
+        app.config.http_max_body,
+        merge_patch,
+        "a JSON object of share fields",
+    )
+    .await
 }
 
 fn rejected(r: Rejected) -> ApiError {
