@@ -32,15 +32,17 @@ pub struct DataDirLock {
 /// Takes the data directory's lock, or says who holds it.
 pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StoreError> {
     let path = dir.join(LOCK_FILE);
-    let file = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StoreError::Open {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+    let mut options = File::options();
+    options.create(true).truncate(false).write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let file = options.open(&path).map_err(|e| StoreError::Open {
+        path: path.clone(),
+        message: e.to_string(),
+    })?;
     match file.try_lock() {
         Ok(()) => Ok(DataDirLock { _file: file }),
         Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Open {

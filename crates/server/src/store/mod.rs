@@ -360,5 +360,6 @@ impl Store {
         if let Some(t) = thread {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
+        self.inner.readers.clear();
     }
 }

@@ -50,4 +50,10 @@ impl ReadPool {
         }
         out
     }
+
+    /// Closes the idle connections (at shutdown, so the last one to close can
+    /// remove the WAL files).
+    pub(super) fn clear(&self) {
+        self.idle.lock().clear();
+    }
 }

@@ -272,7 +272,12 @@ impl Writer {
                 job.work.done(Err(StoreError::Closed));
             }
         }
+        // A clean stop leaves a self-contained database file: everything in the WAL
+        // is copied back, so the next start (or a file copy) has nothing to replay.
         let _ = self.conn.execute_batch("PRAGMA optimize;");
+        if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "checkpoint at close failed; the WAL is replayed at the next start");
+        }
         drop(self.hub.take());
         if let Some(ack) = closing {
             let _ = ack.send(());
