@@ -487,3 +487,149 @@ async fn a_notification_raised_inside_the_server_is_stored_and_published() {
     assert_eq!(page["notifications"][0]["source"], "smart");
     assert_eq!(page["notifications"][0]["level"], "critical");
 }
+
+#[tokio::test]
+async fn notification_retention_keeps_the_newest_within_the_count() {
+    let srv = TestServer::spawn_with(|c| {
+        c.notifications_max_count = 3;
+        c.retention_interval = Duration::from_millis(50);
+    })
+    .await;
+    for i in 0..5 {
+        let (status, _) = post(
+            &srv,
+            "/api/v1/events",
+            Some(json!({"type": "notification", "data": {"title": format!("n{i}")}})),
+        )
+        .await;
+        assert_eq!(status, 202);
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (_, page) = get(&srv, "/api/v1/notifications").await;
+        if page["total"] == 3 {
+            let titles: Vec<&str> = page["notifications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["title"].as_str().unwrap())
+                .collect();
+            assert_eq!(titles, vec!["n4", "n3", "n2"], "the newest are kept");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "retention never ran: {page}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Makes `path` unwritable even for root (`chattr +i`), or says why it cannot.
+/// Returns a guard that undoes it.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn set(path: &Path) -> Result<Immutable, String> {
+        let out = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .map_err(|e| format!("chattr: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        Ok(Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// A directory nobody can write to: mode 0500 for an ordinary user, `chattr +i`
+/// for root. `None` (with a notice) where the filesystem supports neither.
+fn read_only_dir(dir: &Path) -> Option<Option<Immutable>> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let probe = dir.join(".probe");
+    if std::fs::write(&probe, b"x").is_err() {
+        return Some(None);
+    }
+    let _ = std::fs::remove_file(&probe);
+    match Immutable::set(dir) {
+        Ok(guard) if std::fs::write(&probe, b"x").is_err() => Some(Some(guard)),
+        Ok(_) => {
+            eprintln!(
+                "NOTICE: chattr +i does not make {} read-only here; skipped",
+                dir.display()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("NOTICE: cannot make {} read-only here ({e}); skipped", dir.display());
+            None
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_read_only_data_dir_is_a_clear_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server_on(dir.path(), |_| {}).await;
+    srv.publish(&events("custom.x", 1, "a")).await;
+    srv.stop().await;
+    let Some(_guard) = read_only_dir(dir.path()) else {
+        return;
+    };
+    let config = Config {
+        port: 0,
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    };
+    let err = match sigmavault_server::start(config).await {
+        Ok(_) => panic!("a server started on a read-only data dir"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+}
+
+#[tokio::test]
+async fn a_database_that_turns_read_only_answers_503_and_keeps_serving_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server_on(dir.path(), |_| {}).await;
+    assert_eq!(srv.publish(&events("custom.x", 1, "a")).await, vec![1]);
+    // Not the -shm file: SQLite maps it into memory, and a mapping that cannot be
+    // written faults the whole process (SIGBUS), which no error handling can catch.
+    let files: Vec<std::path::PathBuf> = ["", "-wal"]
+        .iter()
+        .map(|s| dir.path().join(format!("{DB_FILE}{s}")))
+        .filter(|p| p.exists())
+        .collect();
+    let mut guards = Vec::new();
+    for f in &files {
+        match Immutable::set(f) {
+            Ok(g) => guards.push(g),
+            Err(e) => {
+                eprintln!("NOTICE: cannot make {} read-only here ({e}); skipped", f.display());
+                return;
+            }
+        }
+    }
+    let (status, body) = post(&srv, "/api/v1/events", Some(json!({"type": "custom.x"}))).await;
+    if status == 202 {
+        eprintln!("NOTICE: writes through open descriptors still succeed after chattr +i here; skipped");
+        return;
+    }
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("storage_")),
+        "{body}"
+    );
+    let (status, _) = get(&srv, "/api/v1/notifications").await;
+    assert_eq!(status, 200, "reads still work");
+    drop(guards);
+    // Once writable again, writes succeed and the failed publish used no seq.
+    assert_eq!(srv.publish(&events("custom.x", 1, "b")).await, vec![2]);
+}
