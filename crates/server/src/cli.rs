@@ -109,16 +109,19 @@ impl Signals {
     }
 
     async fn wait_then_cancel(mut self, shutdown: CancellationToken) {
+        // Cancel first, log second: nothing may stand between a signal and the shutdown.
         #[cfg(unix)]
-        tokio::select! {
-            _ = self.interrupt.recv() => tracing::info!(signal = "SIGINT", "signal received; shutting down"),
-            _ = self.terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received; shutting down"),
-        }
+        let signal = tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        };
         #[cfg(not(unix))]
-        if tokio::signal::ctrl_c().await.is_ok() {
-            tracing::info!(signal = "Ctrl-C", "signal received; shutting down");
-        }
+        let signal = {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        };
         shutdown.cancel();
+        tracing::info!(signal, "signal received; shutting down");
     }
 }
 
@@ -130,6 +133,9 @@ fn init_tracing(config: &Config) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // If whoever reads stderr goes away, logging must not panic the server
+        // (tracing reports its own write errors with `eprintln!`, which panics).
+        .log_internal_errors(false)
         .with_ansi(ansi);
     let result = match config.log_format {
         LogFormat::Text => builder.try_init(),

@@ -182,3 +182,41 @@ fn parses_cpu_time_from_proc_stat() {
     let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 500 0 0 0 150 50 0 0 20 0 4 0";
     assert_eq!(common::cpu_time_from_stat(stat, 100), Duration::from_millis(2000));
 }
+
+#[test]
+fn a_closed_stderr_neither_crashes_the_server_nor_stops_it_from_shutting_down() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(common::bin())
+        .args(["serve", "--port", "0", "--data-dir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn serve");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line.trim().trim_start_matches("listening on http://").parse().unwrap();
+    // The log reader goes away (a log shipper died, `| head` ended).
+    drop(child.stderr.take());
+    // Requests log a line each: the server must keep serving.
+    for _ in 0..3 {
+        let (status, _) = http_get(addr, "/api/v1/health", WAIT).expect("still serving");
+        assert_eq!(status, 200);
+    }
+    common::signal(child.id(), "TERM");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after SIGTERM with stderr closed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}

@@ -164,6 +164,18 @@ pub fn backup(data_dir: &Path, dest: &Path) -> Result<DbSummary, StoreError> {
 /// `sigmavault db check`: integrity check and a summary.
 pub fn check(data_dir: &Path) -> Result<DbSummary, StoreError> {
     let path = data_dir.join(DB_FILE);
+    if !path.exists() {
+        return Err(StoreError::Open {
+            path,
+            message: "there is no database here (is --data-dir right?)".into(),
+        });
+    }
+    if !path.is_file() {
+        return Err(StoreError::Open {
+            path,
+            message: "exists but is not a regular file".into(),
+        });
+    }
     let conn = open_read_only(&path).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let problems = integrity(&conn).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if !problems.is_empty() {

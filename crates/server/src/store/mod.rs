@@ -203,8 +203,25 @@ impl Store {
     /// writer thread. Blocking: call from `spawn_blocking` or before the runtime.
     pub fn open(cfg: StoreConfig) -> Result<(Store, HistoryStart), StoreError> {
         let path = cfg.data_dir.join(DB_FILE);
-        let mut conn = schema::open_and_migrate(&path, &cfg)?;
-        let start = events::history_start(&conn, &cfg)?;
+        // Whatever fails while opening names the file and says what to do.
+        let located = |e: StoreError| match e {
+            StoreError::Corrupt(message) => StoreError::Open {
+                path: path.clone(),
+                message: format!(
+                    "the database is corrupt ({message}); run `sigmavault db check`, \
+                     then restore a backup with `sigmavault db restore FILE`"
+                ),
+            },
+            StoreError::Sqlite(message) | StoreError::Full(message) | StoreError::ReadOnly(message) => {
+                StoreError::Open {
+                    path: path.clone(),
+                    message,
+                }
+            }
+            other => other,
+        };
+        let mut conn = schema::open_and_migrate(&path, &cfg).map_err(located)?;
+        let start = events::history_start(&conn, &cfg).map_err(located)?;
         if !cfg.durable_history {
             // The memory ring forgets everything at exit: a new history, a new epoch.
             events::new_epoch(&mut conn)?;

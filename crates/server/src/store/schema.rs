@@ -136,6 +136,9 @@ pub(super) fn open_rw(path: &Path, max_size: u64) -> Result<Connection, StoreErr
             known,
         });
     }
+    // Read what start-up needs before changing anything: a damaged database is
+    // refused as it was found (switching to WAL would rewrite its header).
+    probe(&conn, found).map_err(|e| describe_open_failure(path, e))?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
         .map_err(|e| describe_open_failure(path, e))?;
@@ -155,6 +158,17 @@ pub(super) fn open_rw(path: &Path, max_size: u64) -> Result<Connection, StoreErr
     }
     secure_files(path);
     Ok(conn)
+}
+
+/// Reads the schema and, in a SigmaVault database, the pages start-up reads
+/// anyway (the history's identity and both ends of the event log).
+fn probe(conn: &Connection, version: u32) -> Result<(), rusqlite::Error> {
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+    if version >= 1 {
+        conn.query_row("SELECT count(*) FROM meta", [], |_| Ok(()))?;
+        conn.query_row("SELECT min(seq), max(seq) FROM events", [], |_| Ok(()))?;
+    }
+    Ok(())
 }
 
 fn describe_open_failure(path: &Path, e: rusqlite::Error) -> StoreError {
