@@ -227,8 +227,17 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let opened = open_store(&config).await?;
     let hub = opened.hub.clone();
     let want = config.listen_addr();
-    let listener = net::bind(want).map_err(|source| ServerError::Bind { addr: want, source })?;
-    let addr = listener.local_addr().map_err(ServerError::LocalAddr)?;
+    let bound = net::bind(want)
+        .map_err(|source| ServerError::Bind { addr: want, source })
+        .and_then(|l| l.local_addr().map(|a| (l, a)).map_err(ServerError::LocalAddr));
+    let (listener, addr) = match bound {
+        Ok(b) => b,
+        Err(e) => {
+            // Stop the writer thread (it holds the hub) and release the data dir.
+            opened.store.close().await;
+            return Err(e);
+        }
+    };
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(run_opened(config, opened, listener, shutdown.clone()));
     Ok(RunningServer {
