@@ -49,25 +49,21 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
             }
         };
         let want = config.listen_addr();
-        let listener = match crate::net::bind(want) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("sigmavault: cannot listen on {want}: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let addr = match listener.local_addr() {
-            Ok(a) => a,
+        // Every early exit below stops the store first, so its writer finishes cleanly.
+        let bound = crate::net::bind(want)
+            .map_err(|e| format!("cannot listen on {want}: {e}"))
+            .and_then(|l| l.local_addr().map(|a| (l, a)).map_err(|e| e.to_string()))
+            // Handlers first: a supervisor may send SIGTERM the moment it reads the line.
+            .and_then(|(l, a)| {
+                Signals::install()
+                    .map(|s| (l, a, s))
+                    .map_err(|e| format!("cannot install signal handlers: {e}"))
+            });
+        let (listener, addr, signals) = match bound {
+            Ok(b) => b,
             Err(e) => {
                 eprintln!("sigmavault: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        // Handlers first: a supervisor may send SIGTERM the moment it reads the line.
-        let signals = match Signals::install() {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("sigmavault: cannot install signal handlers: {e}");
+                opened.close().await;
                 return ExitCode::FAILURE;
             }
         };

@@ -92,7 +92,7 @@ pub async fn run_opened(
     };
     let router = http::router(app);
     tracing::info!(
-        addr = %listener.local_addr().map_err(ServerError::LocalAddr)?,
+        addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
         max_connections = config.max_connections,
         epoch = hub.epoch(),
         seq = hub.head(),
@@ -137,6 +137,11 @@ impl OpenedStore {
     /// The hub (not serving yet).
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Stops the store without serving (start-up failed after it was opened).
+    pub async fn close(self) {
+        self.store.close().await;
     }
 }
 
@@ -234,7 +239,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         Ok(b) => b,
         Err(e) => {
             // Stop the writer thread (it holds the hub) and release the data dir.
-            opened.store.close().await;
+            opened.close().await;
             return Err(e);
         }
     };

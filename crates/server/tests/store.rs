@@ -633,3 +633,37 @@ async fn a_database_that_turns_read_only_answers_503_and_keeps_serving_reads() {
     // Once writable again, writes succeed and the failed publish used no seq.
     assert_eq!(srv.publish(&events("custom.x", 1, "b")).await, vec![2]);
 }
+
+#[tokio::test]
+async fn a_memory_history_run_leaves_the_durable_history_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let memory = |c: &mut Config| c.history_store = sigmavault_server::config::HistoryStore::Memory;
+    let srv = server_on(dir.path(), |_| {}).await;
+    let durable_epoch = epoch_of(&srv.connect().await);
+    assert_eq!(srv.publish(&events("custom.x", 3, "durable")).await, vec![1, 2, 3]);
+    srv.stop().await;
+
+    let srv = server_on(dir.path(), memory).await;
+    let memory_epoch = epoch_of(&srv.connect().await);
+    assert_ne!(memory_epoch, durable_epoch);
+    assert_eq!(srv.publish(&events("custom.x", 2, "memory")).await, vec![1, 2]);
+    srv.stop().await;
+
+    let srv = server_on(dir.path(), |_| {}).await;
+    let mut c = srv.connect().await;
+    assert_eq!(epoch_of(&c), durable_epoch, "the durable history continues");
+    assert_eq!(c.welcome["data"]["seq"], 3);
+    let reset = c
+        .request(
+            json!({"type": "resume", "data": {"epoch": memory_epoch, "since": 2}}),
+            "reset",
+        )
+        .await;
+    assert_eq!(reset["data"]["reason"], "epoch_mismatch", "{reset}");
+    assert_eq!(srv.publish(&events("custom.x", 1, "again")).await, vec![4]);
+    let mut d = srv
+        .connect_path(&format!("/ws?epoch={durable_epoch}&since=0&types=custom.*"))
+        .await;
+    let (replayed, _) = d.read_replay().await;
+    assert_contiguous("durable history", &replayed, 1, 4);
+}

@@ -132,6 +132,8 @@ fn bench(args: BenchArgs) -> anyhow::Result<()> {
             data_dir: dir,
             ..Config::default()
         };
+        // Never a second writer on a live data dir: take its lock like `serve` does.
+        let _lock = store::backup::lock_data_dir(&config.data_dir)?;
         let (store, start) = Store::open(StoreConfig::from(&config))?;
         let tracker = tokio_util::task::TaskTracker::new();
         let hub = Hub::with_store(

@@ -22,9 +22,23 @@ pub(crate) async fn health(State(app): State<AppState>) -> impl IntoResponse {
     } else {
         "ok"
     };
-    // The hub is the only component so far; the store and collectors join later.
-    let overall = hub_status;
-    let status = if closing {
+    // The store is down only if its writer thread died: every write would fail.
+    let store_ok = app.store.writer_alive();
+    let store_status = if closing {
+        "down"
+    } else if store_ok {
+        "ok"
+    } else {
+        "failed"
+    };
+    let overall = if closing {
+        "down"
+    } else if !store_ok {
+        "failed"
+    } else {
+        hub_status
+    };
+    let status = if closing || !store_ok {
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -38,6 +52,10 @@ pub(crate) async fn health(State(app): State<AppState>) -> impl IntoResponse {
                 "max_connections": hub.config().max_connections,
                 "seq": hub.head(),
             },
+            "store": {
+                "status": store_status,
+                "durable_history": app.store.durable(),
+            },
         },
     });
     (status, Json(body))
@@ -49,6 +67,11 @@ pub(crate) async fn ready(State(app): State<AppState>) -> impl IntoResponse {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"ready": false, "reason": "shutting_down"})),
+        )
+    } else if !app.store.writer_alive() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "store_failed"})),
         )
     } else {
         (StatusCode::OK, Json(json!({"ready": true})))

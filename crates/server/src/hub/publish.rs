@@ -143,8 +143,13 @@ impl Hub {
             kind: kind.to_owned(),
             data,
         }];
+        // Every event-class message the server raises goes through the store's
+        // queue (stored or not), so they keep their order among themselves.
+        let queued = events
+            .iter()
+            .any(|e| e.kind == "notification" || topic_info(&e.kind).class == DeliveryClass::Event);
         match &self.inner.store {
-            Some(store) if self.needs_store(&events) => {
+            Some(store) if queued => {
                 if let Err(events) = store.append_internal(events) {
                     self.deliver_unpersisted(events);
                 }
@@ -158,10 +163,24 @@ impl Hub {
     /// Publishes at once, sequencing in memory (the memory-history path, and
     /// state-class messages, which are never persisted).
     pub(crate) fn publish_now(&self, events: Vec<NewEvent>) -> Result<Vec<Option<u64>>, PublishError> {
+        self.publish_memory(events, true)
+    }
+
+    /// Publishes what the store has just committed (memory history): during
+    /// shutdown too, since the caller has been told it is stored.
+    pub(crate) fn publish_committed(&self, events: Vec<NewEvent>) -> Vec<Option<u64>> {
+        self.publish_memory(events, false).unwrap_or_default()
+    }
+
+    fn publish_memory(
+        &self,
+        events: Vec<NewEvent>,
+        refuse_when_closing: bool,
+    ) -> Result<Vec<Option<u64>>, PublishError> {
         // Serialise payloads before taking the lock; only the envelope needs the seq.
         let prepared = prepare(events);
         let mut publish = self.inner.publish.lock();
-        if self.is_closing() {
+        if refuse_when_closing && self.is_closing() {
             return Err(PublishError::ShuttingDown);
         }
         // Taken under the lock so timestamps never go backwards as seq goes forwards.

@@ -130,7 +130,20 @@ impl Hub {
         // Read only what has been delivered: committed rows beyond the head are
         // still on their way to the hub.
         let head = self.head();
-        match store.events_after(cursor, head, max).await {
+        if cursor >= head {
+            // The ring moved on before the head did (a publish in progress): caught up.
+            return HistoryRead::Frames(Vec::new());
+        }
+        let mut read = store.events_after(cursor, head, max).await;
+        // A busy or briefly unavailable database is retried before the client is
+        // told its position is lost.
+        for pause_ms in [50, 200, 1000] {
+            if read.as_ref().is_err_and(|e| e.is_unavailable()) {
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                read = store.events_after(cursor, head, max).await;
+            }
+        }
+        match read {
             Ok(rows) if rows.first().is_some_and(|r| r.seq == cursor + 1) => HistoryRead::Frames(
                 rows.into_iter()
                     .map(|e| EventFrame {

@@ -42,8 +42,8 @@ pub(super) fn epoch(conn: &Connection) -> Result<String, StoreError> {
     meta(conn, "epoch")?.ok_or_else(|| StoreError::Corrupt("the history has no epoch".into()))
 }
 
-/// Starts a new history: a new epoch, an empty log, seq from 1. Used by
-/// `db restore` and when the history is kept in memory only.
+/// Starts a new history: a new epoch, an empty log, seq from 1. Used when a
+/// database has no epoch yet (a new or freshly migrated one).
 pub(super) fn new_epoch(conn: &mut Connection) -> Result<String, StoreError> {
     let epoch = uuid::Uuid::new_v4().to_string();
     let tx = conn.transaction()?;
@@ -60,7 +60,11 @@ pub(super) fn history_start(conn: &Connection, cfg: &StoreConfig) -> Result<Hist
     let recorded: u64 = meta(conn, "last_seq")?.and_then(|s| s.parse().ok()).unwrap_or(0);
     let newest: Option<i64> = conn.query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
     let newest = newest.map(|n| n as u64);
+    // A seq near u64::MAX could only come from a tampered file; refuse it.
     let last_seq = recorded.max(newest.unwrap_or(0));
+    if last_seq > u64::MAX / 2 {
+        return Err(StoreError::Corrupt(format!("last seq {last_seq} is out of range")));
+    }
     let mut recent = Vec::new();
     if cfg.durable_history && cfg.ring > 0 {
         let from = last_seq.saturating_sub(cfg.ring as u64);

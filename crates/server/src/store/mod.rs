@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::config::{Config, HistoryStore};
 use crate::hub::{Hub, NewEvent};
@@ -40,8 +40,10 @@ pub use writer::WriteTx;
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "sigmavault.db";
 
-/// Jobs queued for the writer before callers wait for room.
+/// Request writes queued for the writer before callers wait for room.
 const WRITE_QUEUE: usize = 4096;
+/// Read connections: kept open, and the most used at once.
+const READERS: usize = 8;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -190,7 +192,12 @@ pub struct Store {
 struct StoreInner {
     cfg: StoreConfig,
     path: PathBuf,
-    jobs: mpsc::Sender<writer::Msg>,
+    /// Unbounded so that the server's own events are never refused for lack of room;
+    /// request writes take a permit from `queue_room` first, which bounds them.
+    jobs: mpsc::UnboundedSender<writer::Msg>,
+    queue_room: Arc<Semaphore>,
+    /// Concurrent reads (each holds a connection and a blocking thread).
+    read_room: Semaphore,
     readers: pool::ReadPool,
     /// Oldest seq still in the durable log (`last + 1` when the log is empty).
     oldest_seq: AtomicU64,
@@ -220,28 +227,32 @@ impl Store {
             }
             other => other,
         };
-        let mut conn = schema::open_and_migrate(&path, &cfg).map_err(located)?;
-        let start = events::history_start(&conn, &cfg).map_err(located)?;
-        if !cfg.durable_history {
-            // The memory ring forgets everything at exit: a new history, a new epoch.
-            events::new_epoch(&mut conn)?;
-        }
-        let oldest = events::oldest_seq(&conn)?.unwrap_or(start.last_seq + 1);
-        let start = if cfg.durable_history {
-            start
+        let conn = schema::open_and_migrate(&path, &cfg).map_err(located)?;
+        let (start, oldest) = if cfg.durable_history {
+            let start = events::history_start(&conn, &cfg).map_err(located)?;
+            let oldest = events::oldest_seq(&conn)
+                .map_err(located)?
+                .unwrap_or(start.last_seq.saturating_add(1));
+            (start, oldest)
         } else {
-            HistoryStart {
-                epoch: events::epoch(&conn)?,
+            // The memory ring forgets everything at exit: a history of its own with an
+            // epoch that is never stored, so it can never be mistaken for the durable
+            // one, which stays untouched for the next durable start.
+            let start = HistoryStart {
+                epoch: uuid::Uuid::new_v4().to_string(),
                 last_seq: 0,
                 recent: Vec::new(),
-            }
+            };
+            (start, 1)
         };
-        let readers = pool::ReadPool::new(path.clone(), 4);
-        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let readers = pool::ReadPool::new(path.clone(), READERS);
+        let (tx, rx) = mpsc::unbounded_channel();
         let inner = Arc::new(StoreInner {
             cfg,
             path,
             jobs: tx,
+            queue_room: Arc::new(Semaphore::new(WRITE_QUEUE)),
+            read_room: Semaphore::new(READERS),
             readers,
             oldest_seq: AtomicU64::new(oldest),
             counters: writer::Counters::default(),
@@ -256,7 +267,7 @@ impl Store {
 
     /// Connects the hub that committed events are delivered to (once, at start-up).
     pub fn attach(&self, hub: Hub) {
-        let _ = self.inner.jobs.try_send(writer::Msg::Attach(hub));
+        let _ = self.inner.jobs.send(writer::Msg::Attach(hub));
     }
 
     /// The store's settings.
@@ -279,8 +290,15 @@ impl Store {
         self.inner.oldest_seq.load(Ordering::Acquire)
     }
 
+    /// Retention only moves the oldest seq forwards, whichever pass (age in the
+    /// retention task, count in the writer) finishes last.
     pub(crate) fn set_oldest_seq(&self, seq: u64) {
-        self.inner.oldest_seq.store(seq, Ordering::Release);
+        self.inner.oldest_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// Whether the writer thread is running (it only stops at `close`, or if it died).
+    pub fn writer_alive(&self) -> bool {
+        self.inner.thread.lock().as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Writer statistics.
@@ -296,12 +314,19 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
     {
+        // Held until the job is done: at most WRITE_QUEUE request writes are queued.
+        let permit = self
+            .inner
+            .queue_room
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Closed)?;
         let (reply, rx) = oneshot::channel();
-        let job = writer::Job::typed(f, reply);
+        let job = writer::Job::typed(f, reply, Some(permit));
         self.inner
             .jobs
             .send(writer::Msg::Work(job))
-            .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
@@ -319,17 +344,14 @@ impl Store {
         Ok(seqs)
     }
 
-    /// Queues server-internal events without waiting. If they cannot be persisted
-    /// they are still delivered live, without a seq and marked `"durable": false`.
+    /// Queues server-internal events without waiting (never refused for lack of
+    /// room: they are few). If they cannot be persisted they are still delivered
+    /// live, without a seq and marked `"durable": false`; `Err` gives them back
+    /// when the store is closed.
     pub fn append_internal(&self, events: Vec<NewEvent>) -> Result<(), Vec<NewEvent>> {
-        match self
-            .inner
-            .jobs
-            .try_send(writer::Msg::Work(writer::Job::internal(events)))
-        {
+        match self.inner.jobs.send(writer::Msg::Work(writer::Job::internal(events))) {
             Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(writer::Msg::Work(job)))
-            | Err(mpsc::error::TrySendError::Closed(writer::Msg::Work(job))) => Err(job.into_events()),
+            Err(mpsc::error::SendError(writer::Msg::Work(job))) => Err(job.into_events()),
             Err(_) => Err(Vec::new()),
         }
     }
@@ -340,6 +362,7 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
+        let _permit = self.inner.read_room.acquire().await.map_err(|_| StoreError::Closed)?;
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.inner.readers.with(f))
             .await
@@ -370,7 +393,7 @@ impl Store {
     /// Finishes queued writes and stops the writer. Later writes fail with `Closed`.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.inner.jobs.send(writer::Msg::Close(tx)).await.is_ok() {
+        if self.inner.jobs.send(writer::Msg::Close(tx)).is_ok() {
             let _ = rx.await;
         }
         let thread = self.inner.thread.lock().take();

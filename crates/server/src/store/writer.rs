@@ -36,6 +36,8 @@ type Reply<T> = oneshot::Sender<Result<(T, Vec<Option<u64>>), StoreError>>;
 /// One unit of work: SQL run in a savepoint, plus the messages it publishes.
 pub(super) struct Job {
     work: Box<dyn Work>,
+    /// A request write's place in the bounded queue, released when the job is done.
+    _room: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 trait Work: Send {
@@ -99,7 +101,7 @@ impl Work for Internal {
 }
 
 impl Job {
-    pub(super) fn typed<T, F>(f: F, reply: Reply<T>) -> Job
+    pub(super) fn typed<T, F>(f: F, reply: Reply<T>, room: Option<tokio::sync::OwnedSemaphorePermit>) -> Job
     where
         T: Send + 'static,
         F: FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
@@ -110,12 +112,14 @@ impl Job {
                 out: None,
                 reply,
             }),
+            _room: room,
         }
     }
 
     pub(super) fn internal(events: Vec<NewEvent>) -> Job {
         Job {
             work: Box::new(Internal { events: Some(events) }),
+            _room: None,
         }
     }
 
@@ -207,7 +211,7 @@ impl Store {
 pub(super) fn spawn(
     store: Store,
     conn: Connection,
-    rx: mpsc::Receiver<Msg>,
+    rx: mpsc::UnboundedReceiver<Msg>,
     next_seq: u64,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -244,7 +248,7 @@ enum Delivery {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
         let mut closing: Option<oneshot::Sender<()>> = None;
         while closing.is_none() {
             let Some(first) = rx.blocking_recv() else { break };
@@ -327,14 +331,17 @@ impl Writer {
                     let seqs = match (delivery, &self.hub) {
                         (Delivery::Sequenced(s), Some(hub)) => hub.deliver(s),
                         (Delivery::Unsequenced(events), Some(hub)) if !events.is_empty() => {
-                            hub.publish_now(events).unwrap_or_default()
+                            hub.publish_committed(events)
                         }
                         _ => Vec::new(),
                     };
                     work.done(Ok(seqs));
                 }
                 Err(e) => {
-                    if let (Some(events), Some(hub)) = (work.fallback(), &self.hub) {
+                    // Only a storage failure: an invalid event is refused, not delivered.
+                    if e.is_unavailable()
+                        && let (Some(events), Some(hub)) = (work.fallback(), &self.hub)
+                    {
                         hub.deliver_unpersisted(events);
                     }
                     work.done(Err(e));
@@ -412,7 +419,11 @@ fn stage_and_commit(
                 conn: &sp,
                 events: Vec::new(),
             };
-            work.run(&mut wtx)?;
+            // A panic in a job must not take the writer (and every later write) down.
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.run(&mut wtx))).unwrap_or_else(|_| {
+                tracing::error!("a store job panicked; it is refused and the writer goes on");
+                Err(StoreError::Sqlite("internal error in a store job".into()))
+            })?;
             let events = wtx.events;
             let delivery = if durable && events.iter().any(|e| topic_info(&e.kind).class == DeliveryClass::Event) {
                 let hub = hub.ok_or(StoreError::Closed)?;
