@@ -91,6 +91,30 @@ pub struct ServeArgs {
     /// A directory shares may live under; repeat for several (environment and file: a list, `:`-separated) [default: none].
     #[arg(long = "share-root", value_name = "DIR")]
     pub share_roots: Vec<String>,
+    /// How often host data is sampled [default: 5s].
+    #[arg(long)]
+    pub poll_interval: Option<String>,
+    /// Root of the proc filesystem the collectors read (tests use fixture trees) [default: /proc].
+    #[arg(long)]
+    pub procfs_root: Option<String>,
+    /// Root of the sys filesystem the collectors read [default: /sys].
+    #[arg(long)]
+    pub sysfs_root: Option<String>,
+    /// Consecutive failures that open a source's circuit breaker [default: 5].
+    #[arg(long)]
+    pub breaker_failures: Option<String>,
+    /// How long a breaker stays open the first time; doubles per failed probe [default: 10s].
+    #[arg(long)]
+    pub breaker_open_base: Option<String>,
+    /// Longest a breaker stays open [default: 5m].
+    #[arg(long)]
+    pub breaker_open_max: Option<String>,
+    /// Time limit for one sample of a source; slower counts as a failure [default: 5s].
+    #[arg(long)]
+    pub source_timeout: Option<String>,
+    /// A source nobody subscribes to or reads over REST is sampled this much less often [default: 12].
+    #[arg(long)]
+    pub idle_slowdown: Option<String>,
     /// Interval of the `heartbeat` message [default: 30s].
     #[arg(long)]
     pub heartbeat_interval: Option<String>,
@@ -189,6 +213,22 @@ pub struct Config {
     pub db_max_size: u64,
     /// Directories shares must live under.
     pub share_roots: Vec<PathBuf>,
+    /// Host data sampling interval.
+    pub poll_interval: Duration,
+    /// Collectors' proc root.
+    pub procfs_root: PathBuf,
+    /// Collectors' sys root.
+    pub sysfs_root: PathBuf,
+    /// Breaker: consecutive failures to open.
+    pub breaker_failures: u32,
+    /// Breaker: first open time.
+    pub breaker_open_base: Duration,
+    /// Breaker: longest open time.
+    pub breaker_open_max: Duration,
+    /// Per-sample time limit.
+    pub source_timeout: Duration,
+    /// Sampling slow-down factor without demand.
+    pub idle_slowdown: u32,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
     /// Shutdown grace.
@@ -256,6 +296,14 @@ impl Default for Config {
             retention_interval: Duration::from_secs(60),
             db_max_size: 0,
             share_roots: Vec::new(),
+            poll_interval: Duration::from_secs(5),
+            procfs_root: PathBuf::from("/proc"),
+            sysfs_root: PathBuf::from("/sys"),
+            breaker_failures: 5,
+            breaker_open_base: Duration::from_secs(10),
+            breaker_open_max: Duration::from_secs(300),
+            source_timeout: Duration::from_secs(5),
+            idle_slowdown: 12,
             heartbeat_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(30),
@@ -388,6 +436,14 @@ const KEYS: &[&str] = &[
     "db-max-size",
     "share-root",
     "share-roots",
+    "poll-interval",
+    "procfs-root",
+    "sysfs-root",
+    "breaker-failures",
+    "breaker-open-base",
+    "breaker-open-max",
+    "source-timeout",
+    "idle-slowdown",
     "heartbeat-interval",
     "shutdown-grace",
     "http-idle-timeout",
@@ -471,6 +527,17 @@ impl Config {
             if !root.is_absolute() {
                 return Err(err("share-root", format!("{} is not an absolute path", root.display())));
             }
+        }
+        set!(poll_interval, "poll-interval", duration);
+        set!(procfs_root, "procfs-root", |s: &str| nonempty(s).map(PathBuf::from));
+        set!(sysfs_root, "sysfs-root", |s: &str| nonempty(s).map(PathBuf::from));
+        set!(breaker_failures, "breaker-failures", |s| count(s, 1, 1000).map(|n| n as u32));
+        set!(breaker_open_base, "breaker-open-base", duration);
+        set!(breaker_open_max, "breaker-open-max", duration);
+        set!(source_timeout, "source-timeout", duration);
+        set!(idle_slowdown, "idle-slowdown", |s| count(s, 1, 1000).map(|n| n as u32));
+        if c.breaker_open_max < c.breaker_open_base {
+            return Err(err("breaker-open-max", "must not be shorter than breaker-open-base"));
         }
         set!(heartbeat_interval, "heartbeat-interval", duration);
         set!(shutdown_grace, "shutdown-grace", duration);

@@ -4,7 +4,9 @@
 //! `127.0.0.1:0` and call [`start`]. The hub (`hub/`) is the heart: see its
 //! module docs and `docs/architecture.md`.
 
+pub mod breaker;
 pub mod cli;
+pub mod collect;
 pub mod config;
 pub mod http;
 pub mod hub;
