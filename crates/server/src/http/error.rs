@@ -51,6 +51,12 @@ pub enum ApiError {
     /// The body has invalid fields; every one is listed.
     #[error("{} field(s) are invalid: {}", .0.len(), .0.iter().map(|f| f.field.as_str()).collect::<Vec<_>>().join(", "))]
     Validation(Vec<FieldError>),
+    /// A named thing (a disk, …) does not exist.
+    #[error("{0} not found")]
+    NoSuch(String),
+    /// The data asked for does not exist yet (no sample taken yet).
+    #[error("{0}")]
+    NotReady(String),
     /// A path parameter or query is malformed.
     #[error("{0}")]
     BadRequest(String),
@@ -100,6 +106,8 @@ impl ApiError {
             },
             ApiError::Validation(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::NoSuch(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
         }
     }
 }

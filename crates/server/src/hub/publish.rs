@@ -301,6 +301,13 @@ impl Hub {
         );
     }
 
+    /// Whether any `/ws` client is subscribed to `kind` (collectors sample less
+    /// often without one). Uses, and fills, the publish path's subscriber cache.
+    pub fn has_subscribers(&self, kind: &str) -> bool {
+        let mut publish = self.inner.publish.lock();
+        !self.subscribers(&mut publish, &Arc::from(kind)).is_empty()
+    }
+
     /// The cached subscriber list for a type, rebuilt if invalidated.
     fn subscribers(&self, publish: &mut PublishState, kind: &Arc<str>) -> Arc<[Arc<Session>]> {
         if let Some(list) = publish.subscribers.get(kind) {
