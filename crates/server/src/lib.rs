@@ -84,8 +84,16 @@ pub async fn run_opened(
         config.retention_interval,
         shutdown.clone(),
     ));
+    let collectors = collect::scheduler::spawn(
+        hub.clone(),
+        collect::sources(&config),
+        collect::scheduler::ScheduleConfig::from(&config),
+        &tracker,
+        shutdown.clone(),
+    );
     let config = Arc::new(config);
     let app = http::AppState {
+        collectors,
         store: store.clone(),
         hub: hub.clone(),
         config: config.clone(),

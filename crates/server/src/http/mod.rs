@@ -7,6 +7,7 @@
 mod body;
 pub mod error;
 mod events;
+mod host;
 mod notifications;
 mod shares;
 mod system;
@@ -23,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 
+use crate::collect::scheduler::Collectors;
 use crate::config::Config;
 use crate::hub::{Hub, ws};
 use crate::store::Store;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub hub: Hub,
     /// The database.
     pub store: Store,
+    /// Host data: latest samples and breakers.
+    pub collectors: Collectors,
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Wall-clock start time, for `/info`.
@@ -59,6 +63,12 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/notifications/{id}", delete(notifications::remove))
         .route("/api/v1/notifications/{id}/read", post(notifications::read))
         .merge(shares::routes())
+        .route("/api/v1/system/status", get(host::system_status))
+        .route("/api/v1/system/network", get(host::system_network))
+        .route("/api/v1/storage/disks", get(host::disks))
+        .route("/api/v1/storage/disks/{name}", get(host::disk))
+        .route("/api/v1/storage/filesystems", get(host::filesystems))
+        .route("/api/v1/breakers", get(host::breakers))
         .route("/ws", get(ws_events));
     if app.config.ws_echo {
         routes = routes.route("/ws/echo", get(ws_echo));

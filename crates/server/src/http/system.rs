@@ -31,10 +31,13 @@ pub(crate) async fn health(State(app): State<AppState>) -> impl IntoResponse {
     } else {
         "failed"
     };
+    let degraded_sources = app.collectors.degraded();
     let overall = if closing {
         "down"
     } else if !store_ok {
         "failed"
+    } else if hub_status == "ok" && !degraded_sources.is_empty() {
+        "degraded"
     } else {
         hub_status
     };
@@ -55,6 +58,10 @@ pub(crate) async fn health(State(app): State<AppState>) -> impl IntoResponse {
             "store": {
                 "status": store_status,
                 "durable_history": app.store.durable(),
+            },
+            "collectors": {
+                "status": if degraded_sources.is_empty() { "ok" } else { "degraded" },
+                "degraded": degraded_sources,
             },
         },
     });
