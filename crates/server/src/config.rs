@@ -531,7 +531,8 @@ impl Config {
         set!(poll_interval, "poll-interval", duration);
         set!(procfs_root, "procfs-root", |s: &str| nonempty(s).map(PathBuf::from));
         set!(sysfs_root, "sysfs-root", |s: &str| nonempty(s).map(PathBuf::from));
-        set!(breaker_failures, "breaker-failures", |s| count(s, 1, 1000).map(|n| n as u32));
+        set!(breaker_failures, "breaker-failures", |s| count(s, 1, 1000)
+            .map(|n| n as u32));
         set!(breaker_open_base, "breaker-open-base", duration);
         set!(breaker_open_max, "breaker-open-max", duration);
         set!(source_timeout, "source-timeout", duration);
