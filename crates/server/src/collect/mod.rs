@@ -101,11 +101,15 @@ pub trait Source: Send + 'static {
 
 /// Every source the server runs, reading below the configured roots.
 pub fn sources(config: &crate::config::Config) -> Vec<Box<dyn Source>> {
-    let _roots = Roots {
+    let roots = Roots {
         procfs: config.procfs_root.clone(),
         sysfs: config.sysfs_root.clone(),
     };
-    Vec::new()
+    vec![
+        Box::new(system::SystemSource::new(roots.clone())),
+        Box::new(network::NetworkSource::new(roots.clone())),
+        Box::new(storage::StorageSource::new(roots)),
+    ]
 }
 
 /// Reads a whole file below a root as text.

@@ -155,6 +155,25 @@ fn wall(at: Instant) -> String {
 
 type Call = tokio::task::JoinHandle<(Box<dyn Source>, Result<Sample, SourceError>)>;
 
+/// One source's loop and everything it remembers between samples.
+struct Runner {
+    name: String,
+    topic: &'static str,
+    hub: Hub,
+    cfg: ScheduleConfig,
+    collectors: Collectors,
+    breaker: Breaker,
+    /// The source, while no call is running.
+    idle: Option<Box<dyn Source>>,
+    /// A call that outlived its timeout: the source comes back when it finishes.
+    hung: Option<Call>,
+    /// The last good value and its `last_update`.
+    last_good: Option<(Value, String)>,
+    last_sample: Option<Instant>,
+    /// The error code of the last `rpc_error` sent, and when.
+    rpc_error_sent: Option<(String, Instant)>,
+}
+
 /// One source's loop.
 async fn run(
     source: Box<dyn Source>,
@@ -164,19 +183,24 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let name = source.name().to_owned();
-    let topic = source.topic();
-    let mut breaker = Breaker::new(name.clone(), cfg.breaker);
-    let mut idle: Option<Box<dyn Source>> = Some(source);
-    // A call that outlived its timeout: the source comes back when it finishes.
-    let mut hung: Option<Call> = None;
-    let mut last_good: Option<(Value, String)> = None;
-    let mut last_sample: Option<Instant> = None;
-    let mut rpc_error_sent: Option<(String, Instant)> = None;
+    let mut r = Runner {
+        topic: source.topic(),
+        breaker: Breaker::new(name.clone(), cfg.breaker),
+        name,
+        hub,
+        cfg,
+        collectors,
+        idle: Some(source),
+        hung: None,
+        last_good: None,
+        last_sample: None,
+        rpc_error_sent: None,
+    };
     let mut next_tick = Instant::now();
-    let idle_every = cfg.interval * cfg.idle_slowdown.max(1);
-    let rest_window = cfg.interval * REST_DEMAND_INTERVALS;
+    let idle_every = r.cfg.interval * r.cfg.idle_slowdown.max(1);
+    let rest_window = r.cfg.interval * REST_DEMAND_INTERVALS;
     loop {
-        let wake = match breaker.next_deadline() {
+        let wake = match r.breaker.next_deadline() {
             Some(d) if d < next_tick => d,
             _ => next_tick,
         };
@@ -185,40 +209,36 @@ async fn run(
             _ = tokio::time::sleep_until(wake) => {}
         }
         let now = Instant::now();
-        if let Some(t) = breaker.on_timer(now) {
-            publish_transition(&hub, &t);
+        if let Some(t) = r.breaker.on_timer(now) {
+            publish_transition(&r.hub, &t);
         }
-        collectors.update(&name, |s| s.breaker = Some(breaker.snapshot(now, wall)));
-        let probing = breaker.state() == State::HalfOpen;
+        r.snapshot(now);
+        let probing = r.breaker.state() == State::HalfOpen;
         if now < next_tick && !probing {
             continue;
         }
         if now >= next_tick {
-            next_tick = now + cfg.interval;
+            next_tick = now + r.cfg.interval;
         }
-        // Take the source back from a hung call that has finished (its result is stale).
-        if let Some(call) = hung.take() {
-            if call.is_finished() {
-                match call.await {
-                    Ok((src, _late)) => idle = Some(src),
-                    Err(_) => {
-                        tracing::error!(source = %name, "a source's sampling task ended abnormally; it is stopped");
-                        return;
-                    }
-                }
-            } else {
-                hung = Some(call);
-                continue;
-            }
+        if !r.reclaim().await {
+            return;
         }
-        let demanded = hub.has_subscribers(topic) || collectors.rest_demand(&name, rest_window);
-        let due = last_sample.is_none_or(|t| now.duration_since(t) >= idle_every);
+        let demanded = r.hub.has_subscribers(r.topic) || r.collectors.rest_demand(&r.name, rest_window);
+        let due = r.last_sample.is_none_or(|t| now.duration_since(t) >= idle_every);
         if !demanded && !due && !probing {
             continue;
         }
-        let Ok(permit) = breaker.allow(now) else { continue };
-        let Some(mut src) = idle.take() else { continue };
-        last_sample = Some(now);
+        let Ok(permit) = r.breaker.allow(now) else { continue };
+        r.last_sample = Some(now);
+        let Some(mut src) = r.idle.take() else {
+            // The previous call is still stuck: the source is as good as failing.
+            let e = SourceError {
+                code: breaker::REASON_TIMEOUT,
+                message: format!("the previous sample has not returned after {:?}", r.cfg.timeout),
+            };
+            r.failed(permit, now, e);
+            continue;
+        };
         let started = std::time::Instant::now();
         let mut call: Call = tokio::task::spawn_blocking(move || {
             let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| src.sample())).unwrap_or_else(|_| {
@@ -231,93 +251,127 @@ async fn run(
         });
         let result = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = tokio::time::timeout(cfg.timeout, &mut call) => r,
+            r = tokio::time::timeout(r.cfg.timeout, &mut call) => r,
         };
         let now = Instant::now();
-        let outcome = match result {
-            Ok(Ok((src, outcome))) => {
-                idle = Some(src);
-                outcome
+        match result {
+            Ok(Ok((src, Ok(sample)))) => {
+                r.idle = Some(src);
+                tracing::debug!(source = %r.name, latency_us = started.elapsed().as_micros() as u64, "sampled");
+                r.succeeded(permit, now, sample);
+            }
+            Ok(Ok((src, Err(e)))) => {
+                r.idle = Some(src);
+                r.failed(permit, now, e);
             }
             Ok(Err(_)) => {
-                tracing::error!(source = %name, "a source's sampling task ended abnormally; it is stopped");
+                tracing::error!(source = %r.name, "a source's sampling task ended abnormally; it is stopped");
                 return;
             }
             Err(_) => {
-                hung = Some(call);
-                Err(SourceError {
+                r.hung = Some(call);
+                let e = SourceError {
                     code: breaker::REASON_TIMEOUT,
-                    message: format!("no sample within {:?}", cfg.timeout),
-                })
-            }
-        };
-        match outcome {
-            Ok(sample) => {
-                tracing::debug!(source = %name, latency_us = started.elapsed().as_micros() as u64, "sampled");
-                if let Some(t) = breaker.on_success(permit, now) {
-                    publish_transition(&hub, &t);
-                }
-                let updated = now_rfc3339();
-                let value = with_fields(
-                    sample.state,
-                    &[("stale", json!(false)), ("last_update", json!(updated))],
-                );
-                publish_state(&hub, topic, value.clone());
-                for (kind, data) in sample.events {
-                    hub.publish_internal(&kind, data);
-                }
-                if rpc_error_sent.take().is_some() {
-                    publish_state(
-                        &hub,
-                        "rpc_error",
-                        json!({"source": name, "resolved": true, "at": updated}),
-                    );
-                }
-                last_good = Some((value.clone(), updated));
-                collectors.update(&name, |s| {
-                    s.latest = Some(Latest { value, stale: false });
-                });
-            }
-            Err(e) => {
-                tracing::warn!(source = %name, code = e.code, error = %e.message, "sampling failed");
-                if let Some(t) = breaker.on_failure(permit, now, e.code) {
-                    publish_transition(&hub, &t);
-                }
-                if let Some((good, updated)) = &last_good {
-                    let value = with_fields(
-                        good.clone(),
-                        &[
-                            ("stale", json!(true)),
-                            ("last_update", json!(updated)),
-                            ("error", json!({"code": e.code, "message": e.message})),
-                        ],
-                    );
-                    publish_state(&hub, topic, value.clone());
-                    collectors.update(&name, |s| s.latest = Some(Latest { value, stale: true }));
-                }
-                let repeat = match &rpc_error_sent {
-                    Some((code, at)) => code != e.code || now.duration_since(*at) >= RPC_ERROR_EVERY,
-                    None => true,
+                    message: format!("no sample within {:?}", r.cfg.timeout),
                 };
-                if repeat {
-                    let snap = breaker.snapshot(now, wall);
-                    publish_state(
-                        &hub,
-                        "rpc_error",
-                        json!({
-                            "source": name,
-                            "code": e.code,
-                            "message": e.message,
-                            "at": now_rfc3339(),
-                            "consecutive_failures": snap.consecutive_failures,
-                            "breaker": snap.state,
-                        }),
-                    );
-                    rpc_error_sent = Some((e.code.to_owned(), now));
-                }
+                r.failed(permit, now, e);
             }
         }
-        collectors.update(&name, |s| s.breaker = Some(breaker.snapshot(now, wall)));
+        r.snapshot(now);
+    }
+}
+
+impl Runner {
+    fn snapshot(&self, now: Instant) {
+        let snap = self.breaker.snapshot(now, wall);
+        self.collectors.update(&self.name, |s| s.breaker = Some(snap));
+    }
+
+    /// Takes the source back from a hung call that has finished (its late result
+    /// is discarded: the call was already counted as a failure). False if the
+    /// call's task died.
+    async fn reclaim(&mut self) -> bool {
+        match self.hung.take() {
+            Some(call) if call.is_finished() => match call.await {
+                Ok((src, _late)) => {
+                    self.idle = Some(src);
+                    true
+                }
+                Err(_) => {
+                    tracing::error!(source = %self.name, "a source's sampling task ended abnormally; it is stopped");
+                    false
+                }
+            },
+            still_running => {
+                self.hung = still_running;
+                true
+            }
+        }
+    }
+
+    fn succeeded(&mut self, permit: breaker::Permit, now: Instant, sample: Sample) {
+        if let Some(t) = self.breaker.on_success(permit, now) {
+            publish_transition(&self.hub, &t);
+        }
+        let updated = now_rfc3339();
+        let value = with_fields(
+            sample.state,
+            &[("stale", json!(false)), ("last_update", json!(updated))],
+        );
+        publish_state(&self.hub, self.topic, value.clone());
+        for (kind, data) in sample.events {
+            self.hub.publish_internal(&kind, data);
+        }
+        if self.rpc_error_sent.take().is_some() {
+            publish_state(
+                &self.hub,
+                "rpc_error",
+                json!({"source": self.name, "resolved": true, "at": updated}),
+            );
+        }
+        self.last_good = Some((value.clone(), updated));
+        self.collectors
+            .update(&self.name, |s| s.latest = Some(Latest { value, stale: false }));
+    }
+
+    fn failed(&mut self, permit: breaker::Permit, now: Instant, e: SourceError) {
+        tracing::warn!(source = %self.name, code = e.code, error = %e.message, "sampling failed");
+        if let Some(t) = self.breaker.on_failure(permit, now, e.code) {
+            publish_transition(&self.hub, &t);
+        }
+        if let Some((good, updated)) = &self.last_good {
+            let value = with_fields(
+                good.clone(),
+                &[
+                    ("stale", json!(true)),
+                    ("last_update", json!(updated)),
+                    ("error", json!({"code": e.code, "message": e.message})),
+                ],
+            );
+            publish_state(&self.hub, self.topic, value.clone());
+            self.collectors
+                .update(&self.name, |s| s.latest = Some(Latest { value, stale: true }));
+        }
+        let repeat = match &self.rpc_error_sent {
+            Some((code, at)) => code != e.code || now.duration_since(*at) >= RPC_ERROR_EVERY,
+            None => true,
+        };
+        if repeat {
+            let snap = self.breaker.snapshot(now, wall);
+            publish_state(
+                &self.hub,
+                "rpc_error",
+                json!({
+                    "source": self.name,
+                    "code": e.code,
+                    "message": e.message,
+                    "at": now_rfc3339(),
+                    "consecutive_failures": snap.consecutive_failures,
+                    "breaker": snap.state,
+                }),
+            );
+            self.rpc_error_sent = Some((e.code.to_owned(), now));
+        }
     }
 }
 
