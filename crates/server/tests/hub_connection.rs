@@ -193,7 +193,7 @@ async fn inbound_rate_limit_warns_then_closes_with_4429() {
         let pong = c.next_of("pong").await;
         assert_eq!(pong["id"], id);
     }
-    let warning = c.next_json().await;
+    let warning = c.next_of("error").await;
     assert_eq!(warning["type"], "error", "{warning}");
     assert_eq!(warning["data"]["code"], "rate_limited", "{warning}");
 
