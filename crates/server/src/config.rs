@@ -94,6 +94,12 @@ pub struct ServeArgs {
     /// How often host data is sampled [default: 5s].
     #[arg(long)]
     pub poll_interval: Option<String>,
+    /// How often each disk's SMART health is read (spun-down drives are not woken) [default: 30m].
+    #[arg(long)]
+    pub smart_interval: Option<String>,
+    /// The smartctl program [default: smartctl, found on PATH].
+    #[arg(long)]
+    pub smartctl: Option<String>,
     /// Root of the proc filesystem the collectors read (tests use fixture trees) [default: /proc].
     #[arg(long)]
     pub procfs_root: Option<String>,
@@ -215,6 +221,10 @@ pub struct Config {
     pub share_roots: Vec<PathBuf>,
     /// Host data sampling interval.
     pub poll_interval: Duration,
+    /// SMART sampling interval.
+    pub smart_interval: Duration,
+    /// The smartctl program.
+    pub smartctl: PathBuf,
     /// Collectors' proc root.
     pub procfs_root: PathBuf,
     /// Collectors' sys root.
@@ -297,6 +307,8 @@ impl Default for Config {
             db_max_size: 0,
             share_roots: Vec::new(),
             poll_interval: Duration::from_secs(5),
+            smart_interval: Duration::from_secs(30 * 60),
+            smartctl: PathBuf::from("smartctl"),
             procfs_root: PathBuf::from("/proc"),
             sysfs_root: PathBuf::from("/sys"),
             breaker_failures: 5,
@@ -437,6 +449,8 @@ const KEYS: &[&str] = &[
     "share-root",
     "share-roots",
     "poll-interval",
+    "smart-interval",
+    "smartctl",
     "procfs-root",
     "sysfs-root",
     "breaker-failures",
@@ -529,6 +543,8 @@ impl Config {
             }
         }
         set!(poll_interval, "poll-interval", duration);
+        set!(smart_interval, "smart-interval", duration);
+        set!(smartctl, "smartctl", |s: &str| nonempty(s).map(PathBuf::from));
         set!(procfs_root, "procfs-root", |s: &str| nonempty(s).map(PathBuf::from));
         set!(sysfs_root, "sysfs-root", |s: &str| nonempty(s).map(PathBuf::from));
         set!(breaker_failures, "breaker-failures", |s| count(s, 1, 1000)

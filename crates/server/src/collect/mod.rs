@@ -94,6 +94,11 @@ pub trait Source: Send + 'static {
     fn name(&self) -> &str;
     /// The state topic samples are published on, e.g. `system.status`.
     fn topic(&self) -> &'static str;
+    /// Its own sampling interval, when it must not follow `--poll-interval` (SMART
+    /// must not wake spun-down drives every few seconds).
+    fn interval(&self) -> Option<std::time::Duration> {
+        None
+    }
     /// Takes one sample. Sources that report rates keep the previous counters in
     /// `self`; the first sample of such a source reports rates of 0.
     fn sample(&mut self) -> Result<Sample, SourceError>;

@@ -196,6 +196,9 @@ async fn run(
         last_sample: None,
         rpc_error_sent: None,
     };
+    if let Some(own) = r.idle.as_ref().and_then(|s| s.interval()) {
+        r.cfg.interval = own;
+    }
     let mut next_tick = Instant::now();
     let idle_every = r.cfg.interval * r.cfg.idle_slowdown.max(1);
     let rest_window = r.cfg.interval * REST_DEMAND_INTERVALS;
