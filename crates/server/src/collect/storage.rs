@@ -3,8 +3,9 @@
 //! added/removed, mounted/unmounted events found by comparing each sample with
 //! the previous one.
 //!
-//! `raid` is published as an empty array so the state's shape is stable before
-//! md arrays are collected.
+//! `raid` lists md arrays, ZFS pools and btrfs filesystems with their health
+//! (see [`raid`]), and `tools` says which of those kinds could not be
+//! examined; an array becoming degraded or recovering is an event too.
 //!
 //! `statvfs` goes through [`FsStats`] so fixture tests never ask the host about
 //! mount points that only exist in a fixture. On a hung `hard` NFS mount the
@@ -12,14 +13,26 @@
 //! scheduler's per-call timeout is the guard (the sample is abandoned and the
 //! source goes stale), which is why no per-mount timeout is attempted.
 
-use std::collections::HashSet;
+// A child of `storage`, not of `collect`, only because `collect/mod.rs` is
+// not this change's to edit; it is a module of its own in every other way.
+#[path = "raid.rs"]
+pub mod raid;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use self::raid::{CommandRunner, Health, RaidEntry, SystemRunner};
 use super::{Roots, Sample, Source, SourceError};
+
+/// The time all external tools of one sample may take together. Well inside
+/// the scheduler's default 5 s per-call timeout, so a hung `zpool` costs the
+/// ZFS part of the sample, not the disks and filesystems with it.
+pub const TOOL_BUDGET: Duration = Duration::from_secs(2);
 
 /// The numbers of `statvfs(3)` that `df` uses. `fragment_size` is the unit of
 /// the block counts (`f_frsize`, or `f_bsize` where a filesystem leaves it 0).
@@ -606,6 +619,10 @@ pub struct StorageState {
     pub disks: Vec<Disk>,
     /// In mount order.
     pub filesystems: Vec<Filesystem>,
+    /// md arrays in mdstat order, then ZFS pools, then btrfs filesystems.
+    pub raid: Vec<RaidEntry>,
+    /// See [`raid::RaidReport::tools`].
+    pub tools: BTreeMap<&'static str, &'static str>,
 }
 
 impl StorageState {
@@ -614,7 +631,8 @@ impl StorageState {
         json!({
             "disks": self.disks.iter().map(Disk::to_json).collect::<Vec<_>>(),
             "filesystems": self.filesystems.iter().map(Filesystem::to_json).collect::<Vec<_>>(),
-            "raid": [],
+            "raid": self.raid.iter().map(|r| r.value.clone()).collect::<Vec<_>>(),
+            "tools": self.tools,
         })
     }
 }
@@ -626,6 +644,13 @@ impl StorageState {
 /// sampling interval reuses the name, and must still show as removed + added.
 /// A filesystem is the same if mount point and device match, for the same
 /// reason (an unmount and another mount at the same place).
+///
+/// Arrays (keyed by kind and name) raise `storage.raid.degraded` when they
+/// leave `ok` or appear not `ok`, and again when they become `failed` from
+/// another bad health, since that is worse news; `storage.raid.recovered` when
+/// they are back to `ok`. Moves between `degraded` and `rebuilding` and arrays
+/// that vanish raise nothing: the first are progress, not news, and a stopped
+/// array is an administrator's act.
 pub fn diff_events(prev: &StorageState, next: &StorageState) -> Vec<(String, Value)> {
     let disk_key = |d: &Disk| (d.name.clone(), d.serial.clone());
     let fs_key = |f: &Filesystem| (f.mount_point.clone(), f.device.clone());
@@ -650,6 +675,24 @@ pub fn diff_events(prev: &StorageState, next: &StorageState) -> Vec<(String, Val
     for f in next.filesystems.iter().filter(|f| !prev_fs.contains(&fs_key(f))) {
         events.push(("storage.filesystem.mounted".to_string(), f.to_json()));
     }
+    let prev_raid: HashMap<(&str, &str), Health> = prev
+        .raid
+        .iter()
+        .map(|r| ((r.kind, r.name.as_str()), r.health))
+        .collect();
+    for r in &next.raid {
+        let before = prev_raid.get(&(r.kind, r.name.as_str())).copied();
+        let event = match (before, r.health) {
+            (Some(Health::Ok), Health::Ok) | (None, Health::Ok) => None,
+            (Some(_), Health::Ok) => Some("storage.raid.recovered"),
+            (None | Some(Health::Ok), _) => Some("storage.raid.degraded"),
+            (Some(b), Health::Failed) if b != Health::Failed => Some("storage.raid.degraded"),
+            (Some(_), _) => None,
+        };
+        if let Some(event) = event {
+            events.push((event.to_string(), r.value.clone()));
+        }
+    }
     events
 }
 
@@ -657,6 +700,7 @@ pub fn diff_events(prev: &StorageState, next: &StorageState) -> Vec<(String, Val
 pub struct StorageSource {
     roots: Roots,
     stats: Box<dyn FsStats>,
+    runner: Box<dyn CommandRunner>,
     /// The last good sample; `None` until the baseline is taken.
     previous: Option<StorageState>,
 }
@@ -673,8 +717,17 @@ impl StorageSource {
         StorageSource {
             roots,
             stats: Box::new(stats),
+            runner: Box::new(SystemRunner::default()),
             previous: None,
         }
+    }
+
+    /// Runs `zpool` through `runner` instead of the host's, e.g. a closure
+    /// `|program: &str, args: &[&str], timeout: Duration| -> Result<String, ToolError>`
+    /// in tests.
+    pub fn with_runner(mut self, runner: impl CommandRunner) -> StorageSource {
+        self.runner = Box::new(runner);
+        self
     }
 }
 
@@ -688,9 +741,19 @@ impl Source for StorageSource {
     }
 
     fn sample(&mut self) -> Result<Sample, SourceError> {
+        let disks = read_disks(&self.roots.sys("block"))?;
+        let filesystems = read_filesystems(&self.roots.proc("self/mountinfo"), self.stats.as_ref())?;
+        let btrfs: Vec<(&str, &str)> = filesystems
+            .iter()
+            .filter(|f| f.fs_type == "btrfs")
+            .map(|f| (f.device.as_str(), f.mount_point.as_str()))
+            .collect();
+        let raid = raid::read_raid(&self.roots, &btrfs, self.runner.as_ref(), TOOL_BUDGET)?;
         let state = StorageState {
-            disks: read_disks(&self.roots.sys("block"))?,
-            filesystems: read_filesystems(&self.roots.proc("self/mountinfo"), self.stats.as_ref())?,
+            disks,
+            filesystems,
+            raid: raid.entries,
+            tools: raid.tools,
         };
         // The first sample is the baseline: everything in it was already there.
         let events = self
@@ -710,6 +773,7 @@ impl Source for StorageSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn fixture() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/storage/basic")
@@ -829,6 +893,7 @@ mod tests {
                 },
             ],
             "raid": [],
+            "tools": {},
         });
         assert_eq!(sample.state, expected);
         assert!(sample.events.is_empty(), "the first sample is the baseline");
@@ -895,6 +960,178 @@ mod tests {
 
         // Nothing changed: no events, though usage numbers may differ.
         assert!(src.sample().unwrap().events.is_empty());
+    }
+
+    fn mdstat(name: &str) -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/storage/mdstat")
+            .join(name);
+        std::fs::read_to_string(path).unwrap()
+    }
+
+    /// The basic fixture with md arrays: `/proc/mdstat` from the mdstat
+    /// fixtures, and md0's sysfs directory (which is not a disk).
+    fn fixture_with_mdstat(name: &str) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        copy_tree(&fixture(), tmp.path());
+        write(&tmp.path().join("proc/mdstat"), &mdstat(name));
+        write(&tmp.path().join("sys/block/md0/md/array_state"), "clean\n");
+        write(&tmp.path().join("sys/block/md0/size"), "1953260928\n");
+        tmp
+    }
+
+    #[test]
+    fn md_arrays_are_in_the_sample() {
+        let tmp = fixture_with_mdstat("raid1-degraded");
+        let sample = source_at(tmp.path()).sample().unwrap();
+        assert_eq!(
+            sample.state["raid"],
+            json!([
+                {
+                    "name": "md1", "kind": "md", "level": "raid1", "state": "active", "size_bytes": 15_990_784_000u64,
+                    "members": [{"device": "sda2", "role_index": 0, "failed": false, "spare": false}],
+                    "devices_total": 2, "devices_active": 1, "degraded": true, "sync": null, "health": "degraded",
+                    "array_state": null,
+                },
+                {
+                    "name": "md0", "kind": "md", "level": "raid1", "state": "active", "size_bytes": 1_000_069_595_136u64,
+                    "members": [
+                        {"device": "sda1", "role_index": 0, "failed": false, "spare": false},
+                        {"device": "sdb1", "role_index": 1, "failed": true, "spare": false},
+                    ],
+                    "devices_total": 2, "devices_active": 1, "degraded": true, "sync": null, "health": "degraded",
+                    "array_state": "clean",
+                },
+            ])
+        );
+        assert_eq!(sample.state["tools"], json!({}));
+        let disks: Vec<_> = sample.state["disks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| &d["name"])
+            .collect();
+        assert_eq!(disks, ["nvme0n1", "sda"], "an md device is not a disk");
+        assert!(
+            sample.events.is_empty(),
+            "arrays degraded before the first sample are the baseline"
+        );
+    }
+
+    #[test]
+    fn a_garbled_md_array_does_not_cost_the_sample() {
+        let tmp = fixture_with_mdstat("raid1-clean");
+        let text = mdstat("raid1-clean").replace("unused devices", "md9 : confused\nunused devices");
+        write(&tmp.path().join("proc/mdstat"), &text);
+        let sample = source_at(tmp.path()).sample().unwrap();
+        assert_eq!(sample.state["raid"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn arrays_degrading_and_recovering_are_events() {
+        let tmp = fixture_with_mdstat("raid1-clean");
+        let mut src = source_at(tmp.path());
+        let mut swap = |text: &str| {
+            write(&tmp.path().join("proc/mdstat"), text);
+            let sample = src.sample().unwrap();
+            let events: Vec<(String, String, String)> = sample
+                .events
+                .iter()
+                .map(|(t, d)| {
+                    (
+                        t.clone(),
+                        d["name"].as_str().unwrap().into(),
+                        d["health"].as_str().unwrap().into(),
+                    )
+                })
+                .collect();
+            (events, sample)
+        };
+        let ev =
+            |t: &str, name: &str, health: &str| (format!("storage.raid.{t}"), name.to_string(), health.to_string());
+
+        assert_eq!(swap(&mdstat("raid1-clean")).0, [], "baseline");
+        // md0 loses a mirror; md1 is assembled already degraded.
+        let (events, sample) = swap(&mdstat("raid1-degraded"));
+        assert_eq!(
+            events,
+            [ev("degraded", "md1", "degraded"), ev("degraded", "md0", "degraded")]
+        );
+        assert_eq!(
+            sample.events[1].1, sample.state["raid"][1],
+            "the data is the array object"
+        );
+        assert_eq!(swap(&mdstat("raid1-degraded")).0, [], "still degraded: no news");
+
+        // The replacement is rebuilding: not news either.
+        let rebuilding = mdstat("raid1-degraded").replace(
+            "md0 : active raid1 sdb1[1](F) sda1[0]\n      976630464 blocks super 1.2 [2/1] [U_]\n",
+            "md0 : active raid1 sdc1[2] sdb1[1](F) sda1[0]\n      976630464 blocks super 1.2 [2/1] [U_]\n      \
+             [>....................]  recovery =  3.1% (30277000/976630464) finish=90.2min speed=174826K/sec\n",
+        );
+        let (events, sample) = swap(&rebuilding);
+        assert_eq!(events, []);
+        assert_eq!(sample.state["raid"][1]["health"], "rebuilding");
+
+        // md1 loses its last mirror: worse news, reported.
+        let lost = rebuilding.replace("[2/1] [U_]\n      \n", "[2/0] [__]\n      \n");
+        assert_eq!(swap(&lost).0, [ev("degraded", "md1", "failed")]);
+
+        // md0 finished rebuilding, md1 was stopped: one recovery, no news of md1.
+        let (events, _) = swap(&mdstat("raid1-clean"));
+        assert_eq!(events, [ev("recovered", "md0", "ok")]);
+
+        // An array that stops being assembled and returns degraded is news.
+        assert_eq!(swap(&mdstat("empty")).0, []);
+        assert_eq!(swap(&mdstat("raid5-recovery")).0, [ev("degraded", "md1", "rebuilding")]);
+    }
+
+    #[test]
+    fn zfs_pools_through_the_runner() {
+        let tmp = tempfile::tempdir().unwrap();
+        copy_tree(&fixture(), tmp.path());
+        std::fs::create_dir_all(tmp.path().join("sys/module/zfs")).unwrap();
+        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let flag = Arc::clone(&healthy);
+        let runner = move |program: &str, args: &[&str], timeout: Duration| {
+            assert!(program == "zpool" && timeout <= TOOL_BUDGET, "{program} {timeout:?}");
+            let health = if flag.load(std::sync::atomic::Ordering::Relaxed) {
+                "ONLINE"
+            } else {
+                "DEGRADED"
+            };
+            match args[0] {
+                "list" => Ok(format!("tank\t{health}\t3985729650688\t1234567890\t3984495082798\n")),
+                _ => Ok(
+                    "  pool: tank\n state: DEGRADED\n  scan: resilver in progress since Mon Nov 23 10:00:00 2026\n\
+                         \t120G resilvered, 5.00% done, 02:00:00 to go\nconfig:\n"
+                        .to_string(),
+                ),
+            }
+        };
+        let mut src = source_at(tmp.path()).with_runner(runner);
+        let sample = src.sample().unwrap();
+        assert_eq!(sample.state["tools"], json!({"zfs": "ok"}));
+        assert_eq!(
+            sample.state["raid"],
+            json!([{
+                "name": "tank", "kind": "zfs", "level": null, "state": "online", "size_bytes": 3_985_729_650_688u64,
+                "members": [], "devices_total": null, "devices_active": null, "degraded": false, "sync": null,
+                "health": "ok", "allocated_bytes": 1_234_567_890, "free_bytes": 3_984_495_082_798u64,
+            }])
+        );
+        healthy.store(false, std::sync::atomic::Ordering::Relaxed);
+        let sample = src.sample().unwrap();
+        let types: Vec<_> = sample.events.iter().map(|(t, d)| (t.as_str(), &d["health"])).collect();
+        assert_eq!(types, [("storage.raid.degraded", &json!("rebuilding"))]);
+        assert_eq!(sample.state["raid"][0]["sync"]["progress_pct"], json!(5.0));
+
+        let missing = |_: &str, _: &[&str], _: Duration| Err(raid::ToolError::NotFound);
+        let sample = source_at(tmp.path()).with_runner(missing).sample().unwrap();
+        assert_eq!(
+            (&sample.state["raid"], &sample.state["tools"]),
+            (&json!([]), &json!({"zfs": "unsupported"}))
+        );
     }
 
     #[test]
@@ -1126,7 +1363,8 @@ mod tests {
             .find(|f| f["mount_point"] == "/")
             .unwrap_or_else(|| panic!("no / in {}", sample.state));
         assert!(root["size_bytes"].as_u64().unwrap() > 0, "{root}");
-        assert_eq!(sample.state["raid"], json!([]));
+        // Whatever RAID the host has, the shape is there.
+        assert!(sample.state["raid"].is_array() && sample.state["tools"].is_object());
 
         let n = 50;
         let start = std::time::Instant::now();
