@@ -10,6 +10,7 @@
 pub mod network;
 pub mod procfs;
 pub mod scheduler;
+pub mod smart;
 pub mod storage;
 pub mod system;
 
@@ -110,11 +111,13 @@ pub fn sources(config: &crate::config::Config) -> Vec<Box<dyn Source>> {
         procfs: config.procfs_root.clone(),
         sysfs: config.sysfs_root.clone(),
     };
-    vec![
+    let mut all: Vec<Box<dyn Source>> = vec![
         Box::new(system::SystemSource::new(roots.clone())),
         Box::new(network::NetworkSource::new(roots.clone())),
-        Box::new(storage::StorageSource::new(roots)),
-    ]
+        Box::new(storage::StorageSource::new(roots.clone())),
+    ];
+    all.extend(smart::sources(&roots, &config.smartctl, config.smart_interval));
+    all
 }
 
 /// Reads a whole file below a root as text.
