@@ -61,6 +61,7 @@ pub const TOPICS: &[TopicInfo] = &[
         None,
         "block devices, filesystems, RAID (latest sample)",
     ),
+    state("storage.smart", Some("disk"), "SMART health of one disk, per disk"),
     state(
         "compression.update",
         Some("job_id"),

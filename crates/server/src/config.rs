@@ -121,6 +121,24 @@ pub struct ServeArgs {
     /// A source nobody subscribes to or reads over REST is sampled this much less often [default: 12].
     #[arg(long)]
     pub idle_slowdown: Option<String>,
+    /// Alert: filesystem used % for a warning [default: 90].
+    #[arg(long)]
+    pub alert_fs_warning: Option<String>,
+    /// Alert: filesystem used % for critical [default: 95].
+    #[arg(long)]
+    pub alert_fs_critical: Option<String>,
+    /// Alert: memory used % (total − available) for critical [default: 95].
+    #[arg(long)]
+    pub alert_memory: Option<String>,
+    /// Alert: disk temperature in °C for a warning [default: 60].
+    #[arg(long)]
+    pub alert_disk_temperature: Option<String>,
+    /// Alert: points below a threshold before an alert clears [default: 5].
+    #[arg(long)]
+    pub alert_hysteresis: Option<String>,
+    /// Alert: a circuit breaker open this long raises a warning [default: 1m].
+    #[arg(long)]
+    pub alert_breaker_open: Option<String>,
     /// Interval of the `heartbeat` message [default: 30s].
     #[arg(long)]
     pub heartbeat_interval: Option<String>,
@@ -239,6 +257,18 @@ pub struct Config {
     pub source_timeout: Duration,
     /// Sampling slow-down factor without demand.
     pub idle_slowdown: u32,
+    /// Alert thresholds.
+    pub alert_fs_warning: f64,
+    /// Alert thresholds.
+    pub alert_fs_critical: f64,
+    /// Alert thresholds.
+    pub alert_memory: f64,
+    /// Alert thresholds.
+    pub alert_disk_temperature: f64,
+    /// Alert hysteresis (points).
+    pub alert_hysteresis: f64,
+    /// Breaker-open alert delay.
+    pub alert_breaker_open: Duration,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
     /// Shutdown grace.
@@ -316,6 +346,12 @@ impl Default for Config {
             breaker_open_max: Duration::from_secs(300),
             source_timeout: Duration::from_secs(5),
             idle_slowdown: 12,
+            alert_fs_warning: 90.0,
+            alert_fs_critical: 95.0,
+            alert_memory: 95.0,
+            alert_disk_temperature: 60.0,
+            alert_hysteresis: 5.0,
+            alert_breaker_open: Duration::from_secs(60),
             heartbeat_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(10),
             http_idle_timeout: Duration::from_secs(30),
@@ -458,6 +494,12 @@ const KEYS: &[&str] = &[
     "breaker-open-max",
     "source-timeout",
     "idle-slowdown",
+    "alert-fs-warning",
+    "alert-fs-critical",
+    "alert-memory",
+    "alert-disk-temperature",
+    "alert-hysteresis",
+    "alert-breaker-open",
     "heartbeat-interval",
     "shutdown-grace",
     "http-idle-timeout",
@@ -556,6 +598,17 @@ impl Config {
         if c.breaker_open_max < c.breaker_open_base {
             return Err(err("breaker-open-max", "must not be shorter than breaker-open-base"));
         }
+        set!(alert_fs_warning, "alert-fs-warning", |s| number(s, 0.0, 100.0));
+        set!(alert_fs_critical, "alert-fs-critical", |s| number(s, 0.0, 100.0));
+        set!(alert_memory, "alert-memory", |s| number(s, 0.0, 100.0));
+        set!(alert_disk_temperature, "alert-disk-temperature", |s| number(
+            s, 0.0, 150.0
+        ));
+        set!(alert_hysteresis, "alert-hysteresis", |s| number(s, 0.0, 50.0));
+        set!(alert_breaker_open, "alert-breaker-open", duration);
+        if c.alert_fs_critical < c.alert_fs_warning {
+            return Err(err("alert-fs-critical", "must not be below alert-fs-warning"));
+        }
         set!(heartbeat_interval, "heartbeat-interval", duration);
         set!(shutdown_grace, "shutdown-grace", duration);
         set!(http_idle_timeout, "http-idle-timeout", duration);
@@ -643,6 +696,14 @@ pub fn long_duration(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} is longer than 100 years"));
     }
     Ok(d)
+}
+
+fn number(s: &str, min: f64, max: f64) -> Result<f64, String> {
+    let n: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if !(min..=max).contains(&n) {
+        return Err(format!("{n} is outside {min}..={max}"));
+    }
+    Ok(n)
 }
 
 fn count(s: &str, min: usize, max: usize) -> Result<usize, String> {

@@ -4,6 +4,7 @@
 //! `127.0.0.1:0` and call [`start`]. The hub (`hub/`) is the heart: see its
 //! module docs and `docs/architecture.md`.
 
+pub mod alerts;
 pub mod breaker;
 pub mod cli;
 pub mod collect;
@@ -84,15 +85,18 @@ pub async fn run_opened(
         config.retention_interval,
         shutdown.clone(),
     ));
+    let alerts = alerts::Alerts::start(store.clone(), alerts::Rules::from(&config), &tracker).await?;
     let collectors = collect::scheduler::spawn(
         hub.clone(),
         collect::sources(&config),
         collect::scheduler::ScheduleConfig::from(&config),
+        Some(alerts.clone()),
         &tracker,
         shutdown.clone(),
     );
     let config = Arc::new(config);
     let app = http::AppState {
+        alerts,
         collectors,
         store: store.clone(),
         hub: hub.clone(),

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{Sample, Source, SourceError};
+use crate::alerts::Alerts;
 use crate::breaker::{self, Breaker, BreakerConfig, BreakerSnapshot, State, Transition};
 use crate::hub::{Hub, NewEvent};
 
@@ -126,6 +127,7 @@ pub fn spawn(
     hub: Hub,
     sources: Vec<Box<dyn Source>>,
     cfg: ScheduleConfig,
+    alerts: Option<Alerts>,
     tracker: &TaskTracker,
     shutdown: CancellationToken,
 ) -> Collectors {
@@ -138,6 +140,7 @@ pub fn spawn(
             hub.clone(),
             cfg.clone(),
             collectors.clone(),
+            alerts.clone(),
             shutdown.clone(),
         ));
     }
@@ -172,6 +175,10 @@ struct Runner {
     last_sample: Option<Instant>,
     /// The error code of the last `rpc_error` sent, and when.
     rpc_error_sent: Option<(String, Instant)>,
+    /// The alert engine, when this source feeds it (it always counts as a reader).
+    alerts: Option<Alerts>,
+    /// Since when the breaker has been away from closed.
+    opened_at: Option<Instant>,
 }
 
 /// One source's loop.
@@ -180,10 +187,13 @@ async fn run(
     hub: Hub,
     cfg: ScheduleConfig,
     collectors: Collectors,
+    alerts: Option<Alerts>,
     shutdown: CancellationToken,
 ) {
     let name = source.name().to_owned();
     let mut r = Runner {
+        alerts,
+        opened_at: None,
         topic: source.topic(),
         breaker: Breaker::new(name.clone(), cfg.breaker),
         name,
@@ -213,9 +223,12 @@ async fn run(
         }
         let now = Instant::now();
         if let Some(t) = r.breaker.on_timer(now) {
-            publish_transition(&r.hub, &t);
+            r.transition(&t, now);
         }
         r.snapshot(now);
+        if let Some(alerts) = &r.alerts {
+            alerts.on_breaker(&r.name, r.opened_at.map(|t| now.duration_since(t)));
+        }
         let probing = r.breaker.state() == State::HalfOpen;
         if now < next_tick && !probing {
             continue;
@@ -226,7 +239,9 @@ async fn run(
         if !r.reclaim().await {
             return;
         }
-        let demanded = r.hub.has_subscribers(r.topic) || r.collectors.rest_demand(&r.name, rest_window);
+        let demanded = r.alerts.as_ref().is_some_and(|a| a.watches(&r.name))
+            || r.hub.has_subscribers(r.topic)
+            || r.collectors.rest_demand(&r.name, rest_window);
         let due = r.last_sample.is_none_or(|t| now.duration_since(t) >= idle_every);
         if !demanded && !due && !probing {
             continue;
@@ -312,9 +327,22 @@ impl Runner {
         }
     }
 
+    /// Publishes a transition and remembers since when the breaker is not closed.
+    fn transition(&mut self, t: &Transition, now: Instant) {
+        publish_transition(&self.hub, t);
+        if t.to == State::Closed {
+            self.opened_at = None;
+        } else if self.opened_at.is_none() {
+            self.opened_at = Some(now);
+        }
+    }
+
     fn succeeded(&mut self, permit: breaker::Permit, now: Instant, sample: Sample) {
         if let Some(t) = self.breaker.on_success(permit, now) {
-            publish_transition(&self.hub, &t);
+            self.transition(&t, now);
+        }
+        if let Some(alerts) = &self.alerts {
+            alerts.on_sample(&self.name, &sample.state);
         }
         let updated = now_rfc3339();
         let value = with_fields(
@@ -340,7 +368,7 @@ impl Runner {
     fn failed(&mut self, permit: breaker::Permit, now: Instant, e: SourceError) {
         tracing::warn!(source = %self.name, code = e.code, error = %e.message, "sampling failed");
         if let Some(t) = self.breaker.on_failure(permit, now, e.code) {
-            publish_transition(&self.hub, &t);
+            self.transition(&t, now);
         }
         if let Some((good, updated)) = &self.last_good {
             let value = with_fields(

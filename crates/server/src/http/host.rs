@@ -69,6 +69,11 @@ pub(crate) async fn filesystems(State(app): State<AppState>) -> Result<Json<Valu
     Ok(Json(body))
 }
 
+/// `GET /api/v1/alerts`: active alerts, most severe first.
+pub(crate) async fn alerts(State(app): State<AppState>) -> Json<Value> {
+    Json(json!({"alerts": app.alerts.list()}))
+}
+
 /// `GET /api/v1/breakers`: every source's breaker.
 pub(crate) async fn breakers(State(app): State<AppState>) -> Json<Value> {
     Json(json!({"breakers": app.collectors.breakers()}))

@@ -40,6 +40,8 @@ pub struct AppState {
     pub store: Store,
     /// Host data: latest samples and breakers.
     pub collectors: Collectors,
+    /// Active alerts.
+    pub alerts: crate::alerts::Alerts,
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Wall-clock start time, for `/info`.
@@ -69,6 +71,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/storage/disks/{name}", get(host::disk))
         .route("/api/v1/storage/filesystems", get(host::filesystems))
         .route("/api/v1/breakers", get(host::breakers))
+        .route("/api/v1/alerts", get(host::alerts))
         .route("/ws", get(ws_events));
     if app.config.ws_echo {
         routes = routes.route("/ws/echo", get(ws_echo));

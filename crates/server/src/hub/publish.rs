@@ -163,6 +163,21 @@ impl Hub {
     /// Publishes at once, sequencing in memory (the memory-history path, and
     /// state-class messages, which are never persisted).
     pub(crate) fn publish_now(&self, events: Vec<NewEvent>) -> Result<Vec<Option<u64>>, PublishError> {
+        // With the durable history only the store's writer may number events: an
+        // event-class message that reaches this path goes to the store's queue.
+        if self.inner.durable && events.iter().any(|e| topic_info(&e.kind).class == DeliveryClass::Event) {
+            let (state, durable): (Vec<NewEvent>, Vec<NewEvent>) = events
+                .into_iter()
+                .partition(|e| topic_info(&e.kind).class == DeliveryClass::State);
+            for e in durable {
+                self.publish_internal(&e.kind, e.data);
+            }
+            return if state.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.publish_memory(state, true)
+            };
+        }
         self.publish_memory(events, true)
     }
 

@@ -62,6 +62,14 @@ const MIGRATIONS: &[&str] = &[
         detail TEXT NOT NULL
     ) STRICT;
     CREATE INDEX audit_by_time ON audit (at_ms);",
+    // 3: active alerts (raised notifications not yet resolved).
+    "CREATE TABLE alerts (
+        key     TEXT PRIMARY KEY,
+        level   TEXT NOT NULL CHECK (level IN ('warning', 'critical')),
+        title   TEXT NOT NULL,
+        message TEXT NOT NULL,
+        since   TEXT NOT NULL
+    ) STRICT;",
 ];
 
 /// The newest schema version this binary knows.
