@@ -94,6 +94,10 @@ pub struct ServeArgs {
     /// How often host data is sampled [default: 5s].
     #[arg(long)]
     pub poll_interval: Option<String>,
+    /// A source's own interval, NAME=DURATION (e.g. `network=1s`; `smart` covers every
+    /// `smart:<disk>`); repeat for several [default: none].
+    #[arg(long = "source-interval", value_name = "NAME=DURATION")]
+    pub source_intervals: Vec<String>,
     /// How often each disk's SMART health is read (spun-down drives are not woken) [default: 30m].
     #[arg(long)]
     pub smart_interval: Option<String>,
@@ -239,6 +243,8 @@ pub struct Config {
     pub share_roots: Vec<PathBuf>,
     /// Host data sampling interval.
     pub poll_interval: Duration,
+    /// Per-source intervals, by source name or family (`smart`).
+    pub source_intervals: std::collections::BTreeMap<String, Duration>,
     /// SMART sampling interval.
     pub smart_interval: Duration,
     /// The smartctl program.
@@ -337,6 +343,7 @@ impl Default for Config {
             db_max_size: 0,
             share_roots: Vec::new(),
             poll_interval: Duration::from_secs(5),
+            source_intervals: std::collections::BTreeMap::new(),
             smart_interval: Duration::from_secs(30 * 60),
             smartctl: PathBuf::from("smartctl"),
             procfs_root: PathBuf::from("/proc"),
@@ -486,6 +493,8 @@ const KEYS: &[&str] = &[
     "share-roots",
     "poll-interval",
     "smart-interval",
+    "source-interval",
+    "source-intervals",
     "smartctl",
     "procfs-root",
     "sysfs-root",
@@ -585,6 +594,13 @@ impl Config {
             }
         }
         set!(poll_interval, "poll-interval", duration);
+        for item in layers.list("source-interval", &args.source_intervals)? {
+            let (name, interval) = item
+                .split_once('=')
+                .ok_or_else(|| err("source-interval", format!("{item:?} is not NAME=DURATION")))?;
+            let interval = duration(interval.trim()).map_err(|p| err("source-interval", format!("{name}: {p}")))?;
+            c.source_intervals.insert(name.trim().to_owned(), interval);
+        }
         set!(smart_interval, "smart-interval", duration);
         set!(smartctl, "smartctl", |s: &str| nonempty(s).map(PathBuf::from));
         set!(procfs_root, "procfs-root", |s: &str| nonempty(s).map(PathBuf::from));

@@ -300,3 +300,65 @@ async fn a_hung_source_times_out_trips_its_breaker_and_does_not_wedge() {
     let closed = c.wait("circuit_breaker.closed", |d| d["source"] == "system").await;
     assert_eq!(closed["data"]["to"], "closed");
 }
+
+/// How many samples a source has taken (from its breaker; this does not count as a
+/// REST read of the source).
+async fn successes(srv: &TestServer, source: &str) -> u64 {
+    let (_, body) = get(srv, "/api/v1/breakers").await;
+    body["breakers"]
+        .as_array()
+        .and_then(|b| b.iter().find(|x| x["name"] == source))
+        .and_then(|x| x["successes"].as_u64())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn an_unwatched_source_slows_down_and_a_new_subscriber_gets_fresh_data_within_an_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path(), |c| {
+        c.poll_interval = Duration::from_millis(100);
+        c.idle_slowdown = 1000;
+    })
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while successes(&srv, "network").await < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "network never sampled");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nobody subscribes to system.network or reads it: it waits 1000 intervals.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(successes(&srv, "network").await, 1, "an unwatched source kept sampling");
+    // The alert rules read system.status: it keeps its full rate, watched or not.
+    assert!(successes(&srv, "system").await >= 4);
+
+    let mut c = srv.connect().await;
+    let asked = chrono::Utc::now();
+    c.subscribe(&["system.network"]).await;
+    let mut c = Inbox {
+        c,
+        kept: Default::default(),
+    };
+    // The stored value comes at once; a fresh one within about an interval.
+    let fresh = c
+        .wait("system.network", |d| {
+            d["last_update"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .is_some_and(|t| t > asked)
+        })
+        .await;
+    assert_eq!(fresh["data"]["stale"], false);
+}
+
+#[tokio::test]
+async fn a_source_can_have_its_own_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let srv = server(dir.path(), |c| {
+        c.poll_interval = Duration::from_millis(50);
+        c.source_intervals.insert("system".into(), Duration::from_secs(3600));
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(successes(&srv, "system").await, 1, "system samples once an hour");
+    assert!(successes(&srv, "storage").await >= 4, "storage follows --poll-interval");
+}

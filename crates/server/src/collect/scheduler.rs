@@ -46,6 +46,21 @@ pub struct ScheduleConfig {
     pub idle_slowdown: u32,
     /// Breaker settings.
     pub breaker: BreakerConfig,
+    /// `--source-interval`: by source name, or by family (`smart` for `smart:sda`).
+    pub overrides: BTreeMap<String, Duration>,
+}
+
+impl ScheduleConfig {
+    /// The interval of one source: its override, else its own, else the poll interval.
+    fn interval_of(&self, name: &str, own: Option<Duration>) -> Duration {
+        let family = name.split(':').next().unwrap_or(name);
+        self.overrides
+            .get(name)
+            .or_else(|| self.overrides.get(family))
+            .copied()
+            .or(own)
+            .unwrap_or(self.interval)
+    }
 }
 
 impl From<&crate::config::Config> for ScheduleConfig {
@@ -55,6 +70,7 @@ impl From<&crate::config::Config> for ScheduleConfig {
             timeout: c.source_timeout,
             idle_slowdown: c.idle_slowdown,
             breaker: BreakerConfig::from(c),
+            overrides: c.source_intervals.clone(),
         }
     }
 }
@@ -206,9 +222,8 @@ async fn run(
         last_sample: None,
         rpc_error_sent: None,
     };
-    if let Some(own) = r.idle.as_ref().and_then(|s| s.interval()) {
-        r.cfg.interval = own;
-    }
+    let own = r.idle.as_ref().and_then(|s| s.interval());
+    r.cfg.interval = r.cfg.interval_of(&r.name, own);
     let mut next_tick = Instant::now();
     let idle_every = r.cfg.interval * r.cfg.idle_slowdown.max(1);
     let rest_window = r.cfg.interval * REST_DEMAND_INTERVALS;
