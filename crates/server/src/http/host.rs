@@ -58,6 +58,12 @@ pub(crate) async fn disk(State(app): State<AppState>, Path(name): Path<String>) 
         .ok_or_else(|| ApiError::NoSuch(format!("disk {:?}", name.chars().take(64).collect::<String>())))?;
     let mut body = freshness(&l);
     body["disk"] = found;
+    // Its SMART health, from the disk's own source (absent until first read).
+    body["smart"] = app
+        .collectors
+        .read(&format!("smart:{name}"))
+        .map(|l| l.value)
+        .unwrap_or(Value::Null);
     Ok(Json(body))
 }
 
