@@ -187,11 +187,22 @@ impl Alerts {
             "storage" => &["filesystem:", "raid:"],
             _ => &[],
         };
+        // A RAID kind whose tool did not answer this time has not disappeared.
+        let blind: Vec<String> = state["tools"]
+            .as_object()
+            .map(|t| {
+                t.iter()
+                    .filter(|(_, status)| status.as_str() != Some("ok"))
+                    .map(|(kind, _)| format!("raid:{kind}:"))
+                    .collect()
+            })
+            .unwrap_or_default();
         let gone: Vec<Alert> = self
             .active
             .lock()
             .values()
             .filter(|a| prefixes.iter().any(|p| a.key.starts_with(p)) && !seen.contains(&a.key))
+            .filter(|a| !blind.iter().any(|b| a.key.starts_with(b.as_str())))
             .cloned()
             .collect();
         for a in gone {
@@ -204,6 +215,33 @@ impl Alerts {
         }
         for v in verdicts {
             self.apply(v);
+        }
+    }
+
+    /// Resolves alerts about sources this server no longer has (a disk removed
+    /// while it was stopped), so they are not listed forever.
+    pub fn retain_sources(&self, sources: &[String]) {
+        let orphans: Vec<Alert> = self
+            .active
+            .lock()
+            .values()
+            .filter(|a| {
+                let source = match a.key.split_once(':') {
+                    Some(("breaker", rest)) => rest.to_owned(),
+                    Some(("smart", rest)) => format!("smart:{}", rest.split(':').next().unwrap_or(rest)),
+                    _ => return false,
+                };
+                !sources.contains(&source)
+            })
+            .cloned()
+            .collect();
+        for a in orphans {
+            self.apply(Verdict {
+                key: a.key.clone(),
+                level: None,
+                title: a.title.clone(),
+                message: "its data source is gone".into(),
+            });
         }
     }
 
@@ -271,8 +309,17 @@ impl Alerts {
             .filter(|f| f["options"] != "ro")
             .filter_map(|f| {
                 let mount = f["mount_point"].as_str()?;
-                let pct = f["used_pct"].as_f64()?;
                 let key = format!("filesystem:{mount}");
+                // Usage unknown this time (statvfs failed): the alert stays as it is.
+                let Some(pct) = f["used_pct"].as_f64() else {
+                    let a = self.active.lock().get(&key).cloned()?;
+                    return Some(Verdict {
+                        key,
+                        level: Some(a.level),
+                        title: a.title,
+                        message: a.message,
+                    });
+                };
                 let level = self.level(
                     pct,
                     Some(self.rules.fs_warning),
@@ -296,10 +343,11 @@ impl Alerts {
         list.iter()
             .filter_map(|a| {
                 let name = a["name"].as_str()?;
+                let kind = a["kind"].as_str().unwrap_or("md");
                 let health = a["health"].as_str().unwrap_or("ok");
                 let bad = a["degraded"] == true || health == "degraded" || health == "failed";
                 Some(Verdict {
-                    key: format!("raid:{name}"),
+                    key: format!("raid:{kind}:{name}"),
                     level: bad.then_some(Level::Critical),
                     title: format!("array {name} is degraded"),
                     message: format!("{name} reports {health}"),
@@ -312,9 +360,17 @@ impl Alerts {
         let Some(disk) = state["disk"].as_str() else {
             return Vec::new();
         };
+        let key = format!("smart:{disk}:health");
+        // Only a reading decides: a disk asleep (`standby`) or a bridge that
+        // answered nothing this time (`unsupported`) keeps the level it had.
+        let level = match state["status"].as_str() {
+            Some("failed") => Some(Level::Critical),
+            Some("passed") => None,
+            _ => self.current(&key),
+        };
         let mut v = vec![Verdict {
-            key: format!("smart:{disk}:health"),
-            level: (state["status"] == "failed").then_some(Level::Critical),
+            key,
+            level,
             title: format!("disk {disk} is failing"),
             message: format!("SMART reports the health of {disk} as failed"),
         }];
@@ -479,13 +535,16 @@ mod tests {
             drain(&mut rx),
             vec![("memory".into(), Some(Level::Critical)), ("memory".into(), None)]
         );
-        let raid = |health: &str| json!({"filesystems": [], "raid": [{"name": "md0", "health": health}]});
+        let raid = |health: &str| json!({"filesystems": [], "raid": [{"name": "md0", "kind": "md", "health": health}]});
         a.on_sample("storage", &raid("degraded"));
         a.on_sample("storage", &raid("rebuilding"));
         a.on_sample("storage", &raid("ok"));
         assert_eq!(
             drain(&mut rx),
-            vec![("raid:md0".into(), Some(Level::Critical)), ("raid:md0".into(), None)]
+            vec![
+                ("raid:md:md0".into(), Some(Level::Critical)),
+                ("raid:md:md0".into(), None)
+            ]
         );
         a.on_sample(
             "smart:sda",
@@ -511,6 +570,40 @@ mod tests {
                 ("breaker:system".into(), Some(Level::Warning)),
                 ("breaker:system".into(), None)
             ]
+        );
+    }
+
+    #[test]
+    fn unknown_readings_keep_the_level_instead_of_clearing_it() {
+        let (a, mut rx) = Alerts::detached(rules(), HashMap::new());
+        a.on_sample("smart:sda", &json!({"disk": "sda", "status": "failed"}));
+        a.on_sample("smart:sda", &json!({"disk": "sda", "status": "standby"}));
+        a.on_sample("smart:sda", &json!({"disk": "sda", "status": "unsupported"}));
+        assert_eq!(drain(&mut rx), vec![("smart:sda:health".into(), Some(Level::Critical))]);
+        a.on_sample("storage", &fs(97.0));
+        let unknown = json!({"filesystems": [{"mount_point": "/srv", "options": "rw", "used_pct": null}]});
+        a.on_sample("storage", &unknown);
+        assert_eq!(drain(&mut rx), vec![("filesystem:/srv".into(), Some(Level::Critical))]);
+        let zfs = |tool: &str, pools: Value| json!({"filesystems": [], "raid": pools, "tools": {"zfs": tool}});
+        a.on_sample(
+            "storage",
+            &zfs("ok", json!([{"name": "tank", "kind": "zfs", "health": "degraded"}])),
+        );
+        a.on_sample("storage", &zfs("timeout", json!([])));
+        let got = drain(&mut rx);
+        assert!(
+            got.contains(&("raid:zfs:tank".into(), Some(Level::Critical))),
+            "{got:?}"
+        );
+        assert!(
+            !got.contains(&("raid:zfs:tank".into(), None)),
+            "a tool timeout is not recovery: {got:?}"
+        );
+        a.retain_sources(&["system".into()]);
+        assert_eq!(
+            drain(&mut rx),
+            vec![("smart:sda:health".into(), None)],
+            "its disk is gone"
         );
     }
 

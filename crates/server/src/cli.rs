@@ -38,7 +38,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
         eprintln!("sigmavault: {e}");
         return ExitCode::FAILURE;
     }
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         // The database before the socket: a damaged or too-new database stops the
         // start-up with one clear line, before anything is announced.
         let opened = match crate::open_store(&config).await {
@@ -79,7 +79,12 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A blocking call that never returns (statvfs on a hung NFS mount, a smartctl
+    // stuck in the kernel) must not hold the exit: everything that matters is
+    // flushed and closed by now.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }
 
 /// SIGINT and SIGTERM, registered with the runtime before the server announces itself.

@@ -101,6 +101,9 @@ pub struct ServeArgs {
     /// How often each disk's SMART health is read (spun-down drives are not woken) [default: 30m].
     #[arg(long)]
     pub smart_interval: Option<String>,
+    /// Time limit for one smartctl run [default: 30s].
+    #[arg(long)]
+    pub smart_timeout: Option<String>,
     /// The smartctl program [default: smartctl, found on PATH].
     #[arg(long)]
     pub smartctl: Option<String>,
@@ -247,6 +250,8 @@ pub struct Config {
     pub source_intervals: std::collections::BTreeMap<String, Duration>,
     /// SMART sampling interval.
     pub smart_interval: Duration,
+    /// smartctl time limit.
+    pub smart_timeout: Duration,
     /// The smartctl program.
     pub smartctl: PathBuf,
     /// Collectors' proc root.
@@ -345,6 +350,7 @@ impl Default for Config {
             poll_interval: Duration::from_secs(5),
             source_intervals: std::collections::BTreeMap::new(),
             smart_interval: Duration::from_secs(30 * 60),
+            smart_timeout: Duration::from_secs(30),
             smartctl: PathBuf::from("smartctl"),
             procfs_root: PathBuf::from("/proc"),
             sysfs_root: PathBuf::from("/sys"),
@@ -496,6 +502,7 @@ const KEYS: &[&str] = &[
     "source-interval",
     "source-intervals",
     "smartctl",
+    "smart-timeout",
     "procfs-root",
     "sysfs-root",
     "breaker-failures",
@@ -602,6 +609,7 @@ impl Config {
             c.source_intervals.insert(name.trim().to_owned(), interval);
         }
         set!(smart_interval, "smart-interval", duration);
+        set!(smart_timeout, "smart-timeout", duration);
         set!(smartctl, "smartctl", |s: &str| nonempty(s).map(PathBuf::from));
         set!(procfs_root, "procfs-root", |s: &str| nonempty(s).map(PathBuf::from));
         set!(sysfs_root, "sysfs-root", |s: &str| nonempty(s).map(PathBuf::from));

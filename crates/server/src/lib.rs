@@ -86,9 +86,11 @@ pub async fn run_opened(
         shutdown.clone(),
     ));
     let alerts = alerts::Alerts::start(store.clone(), alerts::Rules::from(&config), &tracker).await?;
+    let sources = collect::sources(&config);
+    alerts.retain_sources(&sources.iter().map(|s| s.name().to_owned()).collect::<Vec<_>>());
     let collectors = collect::scheduler::spawn(
         hub.clone(),
-        collect::sources(&config),
+        sources,
         collect::scheduler::ScheduleConfig::from(&config),
         Some(alerts.clone()),
         &tracker,

@@ -356,6 +356,7 @@ async fn a_hung_smartctl_times_out_and_does_not_wedge() {
         c.breaker_failures = 2;
         // Generous: a loaded machine must not turn a normal run into a timeout.
         c.source_timeout = Duration::from_secs(1);
+        c.smart_timeout = Duration::from_secs(1);
         c.breaker_open_base = Duration::from_millis(300);
         c.breaker_open_max = Duration::from_secs(1);
     })

@@ -48,6 +48,8 @@ pub struct ScheduleConfig {
     pub breaker: BreakerConfig,
     /// `--source-interval`: by source name, or by family (`smart` for `smart:sda`).
     pub overrides: BTreeMap<String, Duration>,
+    /// Per-call timeout of the SMART sources.
+    pub smart_timeout: Duration,
 }
 
 impl ScheduleConfig {
@@ -71,6 +73,7 @@ impl From<&crate::config::Config> for ScheduleConfig {
             idle_slowdown: c.idle_slowdown,
             breaker: BreakerConfig::from(c),
             overrides: c.source_intervals.clone(),
+            smart_timeout: c.smart_timeout,
         }
     }
 }
@@ -86,6 +89,8 @@ pub struct Latest {
 
 #[derive(Default)]
 struct SourceSlot {
+    /// The source's task ended abnormally: nothing will refresh it.
+    stopped: bool,
     latest: Option<Latest>,
     breaker: Option<BreakerSnapshot>,
     /// When a REST client last read it.
@@ -118,7 +123,8 @@ impl Collectors {
             .read()
             .iter()
             .filter(|(_, s)| {
-                s.latest.as_ref().is_some_and(|l| l.stale)
+                s.stopped
+                    || s.latest.as_ref().is_some_and(|l| l.stale)
                     || s.breaker.as_ref().is_some_and(|b| b.state != State::Closed)
             })
             .map(|(name, _)| name.clone())
@@ -195,6 +201,8 @@ struct Runner {
     alerts: Option<Alerts>,
     /// Since when the breaker has been away from closed.
     opened_at: Option<Instant>,
+    /// When a still-running call was last counted as a failure.
+    hung_counted: Option<Instant>,
 }
 
 /// One source's loop.
@@ -210,6 +218,7 @@ async fn run(
     let mut r = Runner {
         alerts,
         opened_at: None,
+        hung_counted: None,
         topic: source.topic(),
         breaker: Breaker::new(name.clone(), cfg.breaker),
         name,
@@ -224,6 +233,10 @@ async fn run(
     };
     let own = r.idle.as_ref().and_then(|s| s.interval());
     r.cfg.interval = r.cfg.interval_of(&r.name, own);
+    // smartctl on a busy or sleepy disk takes seconds, not the microseconds of /proc.
+    if r.name.starts_with("smart:") {
+        r.cfg.timeout = r.cfg.smart_timeout;
+    }
     let mut next_tick = Instant::now();
     let idle_every = r.cfg.interval * r.cfg.idle_slowdown.max(1);
     let rest_window = r.cfg.interval * REST_DEMAND_INTERVALS;
@@ -241,7 +254,11 @@ async fn run(
             r.transition(&t, now);
         }
         r.snapshot(now);
-        if let Some(alerts) = &r.alerts {
+        // Only after a real outcome since start: an alert loaded at start-up for a
+        // breaker that was open must not be "resolved" before the source has answered.
+        if let Some(alerts) = &r.alerts
+            && (r.opened_at.is_some() || r.last_good.is_some())
+        {
             alerts.on_breaker(&r.name, r.opened_at.map(|t| now.duration_since(t)));
         }
         let probing = r.breaker.state() == State::HalfOpen;
@@ -252,6 +269,7 @@ async fn run(
             next_tick = now + r.cfg.interval;
         }
         if !r.reclaim().await {
+            r.collectors.update(&r.name, |s| s.stopped = true);
             return;
         }
         let demanded = r.alerts.as_ref().is_some_and(|a| a.watches(&r.name))
@@ -261,9 +279,15 @@ async fn run(
         if !demanded && !due && !probing {
             continue;
         }
+        // A call still running is counted as failing once per timeout period, not
+        // on every tick.
+        if r.idle.is_none() && r.hung_counted.is_some_and(|t| now.duration_since(t) < r.cfg.timeout) {
+            continue;
+        }
         let Ok(permit) = r.breaker.allow(now) else { continue };
         r.last_sample = Some(now);
         let Some(mut src) = r.idle.take() else {
+            r.hung_counted = Some(now);
             // The previous call is still stuck: the source is as good as failing.
             let e = SourceError {
                 code: breaker::REASON_TIMEOUT,
@@ -299,10 +323,12 @@ async fn run(
             }
             Ok(Err(_)) => {
                 tracing::error!(source = %r.name, "a source's sampling task ended abnormally; it is stopped");
+                r.collectors.update(&r.name, |s| s.stopped = true);
                 return;
             }
             Err(_) => {
                 r.hung = Some(call);
+                r.hung_counted = Some(now);
                 let e = SourceError {
                     code: breaker::REASON_TIMEOUT,
                     message: format!("no sample within {:?}", r.cfg.timeout),
