@@ -3,77 +3,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use common::host::{get, get_when_ready, server};
 use common::{TestServer, WAIT};
 use sigmavault_server::config::Config;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        let kind = entry.file_type().unwrap();
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else if kind.is_symlink() {
-            let link = std::fs::read_link(entry.path()).unwrap();
-            std::os::unix::fs::symlink(link, target).unwrap();
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// One host made of the three fixtures: procfs (system), network and storage.
-fn host(dir: &Path) -> (PathBuf, PathBuf) {
-    let proc = dir.join("proc");
-    let sys = dir.join("sys");
-    copy_tree(&fixtures().join("procfs/basic"), &proc);
-    copy_tree(&fixtures().join("network/basic/proc"), &proc);
-    copy_tree(&fixtures().join("storage/basic/proc"), &proc);
-    copy_tree(&fixtures().join("network/basic/sys"), &sys);
-    copy_tree(&fixtures().join("storage/basic/sys"), &sys);
-    (proc, sys)
-}
-
-async fn server(dir: &Path, f: impl FnOnce(&mut Config)) -> TestServer {
-    let (proc, sys) = host(dir);
-    TestServer::spawn_with(move |c| {
-        c.procfs_root = proc;
-        c.sysfs_root = sys;
-        c.poll_interval = Duration::from_millis(50);
-        f(c);
-    })
-    .await
-}
-
-async fn get(srv: &TestServer, path: &str) -> (u16, Value) {
-    let resp = srv.http.get(srv.url(path)).send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
-}
-
-/// Polls a REST mirror until it has a sample.
-async fn get_when_ready(srv: &TestServer, path: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = get(srv, path).await;
-        if status == 200 {
-            return body;
-        }
-        assert_eq!(status, 503, "{path}: {body}");
-        assert_eq!(body["error"]["code"], "not_ready");
-        assert!(tokio::time::Instant::now() < deadline, "{path} never got a sample");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 async fn notifications(srv: &TestServer) -> Vec<Value> {
     let (_, page) = get(srv, "/api/v1/notifications?limit=500").await;

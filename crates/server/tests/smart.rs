@@ -11,41 +11,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{TestServer, WAIT};
+use common::TestServer;
+use common::host::{Inbox, copy_tree, fixtures, get, host};
 use sigmavault_server::config::Config;
-
-fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        let kind = entry.file_type().unwrap();
-        if kind.is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else if kind.is_symlink() {
-            let link = std::fs::read_link(entry.path()).unwrap();
-            std::os::unix::fs::symlink(link, target).unwrap();
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
-/// One host made of the three fixtures: procfs (system), network and storage.
-fn host(dir: &Path) -> (PathBuf, PathBuf) {
-    let proc = dir.join("proc");
-    let sys = dir.join("sys");
-    copy_tree(&fixtures().join("procfs/basic"), &proc);
-    copy_tree(&fixtures().join("network/basic/proc"), &proc);
-    copy_tree(&fixtures().join("storage/basic/proc"), &proc);
-    copy_tree(&fixtures().join("network/basic/sys"), &sys);
-    copy_tree(&fixtures().join("storage/basic/sys"), &sys);
-    (proc, sys)
-}
 
 /// The stand-in smartctl and its JSON fixtures, copied to a temp dir (git may
 /// lose the script's mode), with what it does per disk set by [`Smartctl::set`].
@@ -103,58 +71,33 @@ async fn server(dir: &Path, smartctl: PathBuf, f: impl FnOnce(&mut Config)) -> T
     .await
 }
 
-/// A client that keeps every message it reads, so waiting for one type never
-/// throws away another the test will ask for next.
-struct Inbox {
-    c: common::WsClient,
-    kept: std::collections::VecDeque<Value>,
+/// A client subscribed to what the SMART tests watch.
+async fn subscribed(srv: &TestServer) -> Inbox {
+    let mut c = srv.connect().await;
+    c.subscribe(&["storage.smart", "circuit_breaker.*", "rpc_error"]).await;
+    Inbox::new(c)
 }
 
-impl Inbox {
-    async fn subscribed(srv: &TestServer) -> Inbox {
-        let mut c = srv.connect().await;
-        c.subscribe(&["storage.smart", "circuit_breaker.*", "rpc_error"]).await;
-        Inbox {
-            c,
-            kept: Default::default(),
-        }
-    }
-
-    /// The first `kind` message (kept or new) whose data satisfies `pred`, within
-    /// the functional deadline. Messages before it stay kept.
-    async fn wait(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        if let Some(i) = self.kept.iter().position(|m| m["type"] == kind && pred(&m["data"])) {
-            return self.kept.remove(i).unwrap();
-        }
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let m = match tokio::time::timeout(left, self.c.next_json()).await {
-                Ok(m) => m,
-                Err(_) => panic!("no matching {kind} within {WAIT:?}"),
-            };
-            if m["type"] == kind && pred(&m["data"]) {
-                return m;
-            }
-            self.kept.push_back(m);
-            if self.kept.len() > 10_000 {
-                self.kept.pop_front();
-            }
-        }
-    }
-
+/// SMART lookups on the kept messages.
+trait SmartInbox {
     /// The SMART value of `disk` satisfying `pred`, as its `data`.
+    async fn smart(&mut self, disk: &str, pred: impl Fn(&Value) -> bool) -> Value;
+    /// A SMART value of `disk` published after every message read so far.
+    async fn fresh_smart(&mut self, disk: &str) -> Value;
+    /// Kept `rpc_error` and `circuit_breaker.*` messages about a SMART source.
+    fn smart_failures(&self) -> Vec<&Value>;
+}
+
+impl SmartInbox for Inbox {
     async fn smart(&mut self, disk: &str, pred: impl Fn(&Value) -> bool) -> Value {
         self.wait("storage.smart", |d| d["disk"] == disk && pred(d)).await["data"].clone()
     }
 
-    /// A SMART value of `disk` published after every message read so far.
     async fn fresh_smart(&mut self, disk: &str) -> Value {
         self.kept.retain(|m| m["type"] != "storage.smart");
         self.smart(disk, |d| d["stale"] == false).await
     }
 
-    /// Kept `rpc_error` and `circuit_breaker.*` messages about a SMART source.
     fn smart_failures(&self) -> Vec<&Value> {
         self.kept
             .iter()
@@ -167,12 +110,6 @@ impl Inbox {
     }
 }
 
-async fn get(srv: &TestServer, path: &str) -> (u16, Value) {
-    let resp = srv.http.get(srv.url(path)).send().await.unwrap();
-    (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
-}
-
-/// `GET /api/v1/breakers`, by name.
 async fn breakers(srv: &TestServer) -> std::collections::BTreeMap<String, Value> {
     let (status, body) = get(srv, "/api/v1/breakers").await;
     assert_eq!(status, 200, "{body}");
@@ -191,7 +128,7 @@ async fn every_disk_is_reported_by_its_own_source() {
     smartctl.set("sda", "ata-passed 0");
     smartctl.set("nvme0n1", "nvme 0");
     let srv = server(dir.path(), smartctl.path(), |_| {}).await;
-    let mut c = Inbox::subscribed(&srv).await;
+    let mut c = subscribed(&srv).await;
 
     let sda = c.smart("sda", |d| d["status"] == "passed").await;
     assert_eq!(sda["device"], "/dev/sda");
@@ -289,7 +226,7 @@ async fn a_failing_smartctl_opens_only_its_disks_breaker_and_goes_stale() {
         c.breaker_open_max = Duration::from_secs(2);
     })
     .await;
-    let mut c = Inbox::subscribed(&srv).await;
+    let mut c = subscribed(&srv).await;
     c.smart("sda", |d| d["status"] == "passed").await;
 
     // Exit status 1: the command line did not parse.
@@ -361,7 +298,7 @@ async fn a_hung_smartctl_times_out_and_does_not_wedge() {
         c.breaker_open_max = Duration::from_secs(1);
     })
     .await;
-    let mut c = Inbox::subscribed(&srv).await;
+    let mut c = subscribed(&srv).await;
     c.smart("sda", |d| d["status"] == "passed").await;
 
     smartctl.set("sda", "hang");
@@ -394,7 +331,7 @@ async fn without_smartctl_every_disk_is_unsupported_and_nothing_fails() {
         c.breaker_failures = 1;
     })
     .await;
-    let mut c = Inbox::subscribed(&srv).await;
+    let mut c = subscribed(&srv).await;
     for disk in ["sda", "nvme0n1"] {
         let v = c.smart(disk, |_| true).await;
         assert_eq!(v["status"], "unsupported", "{v}");

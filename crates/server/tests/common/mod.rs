@@ -181,3 +181,6 @@ pub mod raw;
 
 /// REST, stats and delivery-barrier helpers for the hub suites.
 pub mod hub;
+
+/// The fixture host of the collector suites.
+pub mod host;
