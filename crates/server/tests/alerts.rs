@@ -136,11 +136,16 @@ async fn a_breaker_open_too_long_raises_an_alert_and_its_recovery_resolves_it() 
         (!active.iter().any(|x| x["key"] == "breaker:system")).then_some(())
     })
     .await;
-    let titles: Vec<String> = notifications(&srv)
-        .await
-        .iter()
-        .map(|n| n["title"].as_str().unwrap_or("").to_owned())
-        .collect();
+    // The notifications are written right after the alert changes, by their own task.
+    let titles: Vec<String> = eventually("the raise and resolve notifications", async || {
+        let titles: Vec<String> = notifications(&srv)
+            .await
+            .iter()
+            .map(|n| n["title"].as_str().unwrap_or("").to_owned())
+            .collect();
+        (titles.len() >= 2).then_some(titles)
+    })
+    .await;
     assert_eq!(titles.len(), 2, "{titles:?}");
     assert!(titles[0].starts_with("resolved:"), "{titles:?}");
 }
