@@ -38,6 +38,27 @@ pub enum ClientCommand {
     },
     /// Application-level ping; answered with `pong`.
     Ping,
+    /// Authenticate (first message of an upgrade without credentials) or extend
+    /// an open socket's authentication with a fresh token of the same user.
+    Auth {
+        /// An access token or API key.
+        token: Secret,
+    },
+}
+
+/// A credential: its `Debug` never shows it, so it cannot leak into a log line.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct AuthData {
+    token: String,
 }
 
 /// Why a client message was refused. Each maps to an `error` frame code.
@@ -106,8 +127,14 @@ impl ClientMessage {
                 })
             }
             "ping" => Ok(ClientCommand::Ping),
+            "auth" => {
+                let data: AuthData = self.data_as("{\"token\": string}")?;
+                Ok(ClientCommand::Auth {
+                    token: Secret(data.token),
+                })
+            }
             other => Err(CommandError::UnknownType(format!(
-                "unknown message type {:?}; expected subscribe, unsubscribe, resume or ping",
+                "unknown message type {:?}; expected subscribe, unsubscribe, resume, ping or auth",
                 other.chars().take(64).collect::<String>()
             ))),
         }

@@ -11,7 +11,7 @@ pub mod pattern;
 pub mod server;
 pub mod topics;
 
-pub use client::{ClientCommand, ClientMessage, CommandError};
+pub use client::{ClientCommand, ClientMessage, CommandError, Secret};
 pub use close::CloseCode;
 pub use error::{ErrorBody, ErrorDetail, FieldError};
 pub use pattern::{Pattern, PatternError, SubscriptionSet};

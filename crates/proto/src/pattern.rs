@@ -76,6 +76,16 @@ impl Pattern {
         Ok(Pattern::Exact(s.to_owned()))
     }
 
+    /// Whether the pattern can only match admin-only types (`audit.*`), so a
+    /// viewer asking for it is refused rather than silently getting nothing.
+    pub fn admin_only(&self) -> bool {
+        match self {
+            Pattern::All => false,
+            Pattern::Prefix(p) => crate::topics::admin_only(p),
+            Pattern::Exact(t) => crate::topics::admin_only(t),
+        }
+    }
+
     /// Whether an event type matches this pattern.
     pub fn matches(&self, event_type: &str) -> bool {
         match self {

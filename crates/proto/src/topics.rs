@@ -108,6 +108,11 @@ pub const TOPICS: &[TopicInfo] = &[
     },
 ];
 
+/// Whether only admins may receive a type (the audit stream names users and addresses).
+pub fn admin_only(event_type: &str) -> bool {
+    event_type.starts_with("audit.")
+}
+
 /// The class of a type not in the table: an event (never silently conflated).
 pub const UNKNOWN: TopicInfo = event("*", "any other type");
 

@@ -5,6 +5,7 @@
 //! module docs and `docs/architecture.md`.
 
 pub mod alerts;
+pub mod auth;
 pub mod breaker;
 pub mod cli;
 pub mod collect;
@@ -54,6 +55,12 @@ pub enum ServerError {
     /// The bound listener has no address.
     #[error("listener has no local address: {0}")]
     LocalAddr(std::io::Error),
+    /// Accounts could not start (signing key, first admin).
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] net::TlsError),
 }
 
 /// Serves until `shutdown` is cancelled, then shuts down in order: stop
@@ -77,8 +84,10 @@ pub async fn run_opened(
         hub,
         tracker,
         abort_all,
+        auth,
         lock: _lock,
     } = opened;
+    tracker.spawn(forget_idle_limits(auth.clone(), shutdown.clone()));
     hub.start_background(shutdown.clone());
     tracker.spawn(store::retention::task(
         store.clone(),
@@ -98,6 +107,7 @@ pub async fn run_opened(
     );
     let config = Arc::new(config);
     let app = http::AppState {
+        auth,
         alerts,
         collectors,
         store: store.clone(),
@@ -146,6 +156,7 @@ pub struct OpenedStore {
     hub: Hub,
     tracker: TaskTracker,
     abort_all: CancellationToken,
+    auth: auth::Auth,
     lock: store::backup::DataDirLock,
 }
 
@@ -184,13 +195,33 @@ pub async fn open_store(config: &Config) -> Result<OpenedStore, ServerError> {
         abort_all.clone(),
     );
     store.attach(hub.clone());
+    let auth = match auth::Auth::start(config.security.clone(), &config.data_dir, store.clone(), hub.clone()).await {
+        Ok(a) => a,
+        Err(e) => {
+            store.close().await;
+            return Err(e.into());
+        }
+    };
     Ok(OpenedStore {
         store,
         hub,
         tracker,
         abort_all,
+        auth,
         lock,
     })
+}
+
+/// Forgets idle rate-limit buckets now and then, so a spray of addresses
+/// cannot grow them without bound.
+async fn forget_idle_limits(auth: auth::Auth, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => auth.forget_idle(),
+        }
+    }
 }
 
 /// A server running in this process (tests, embedding).

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 
 use sigmavault_proto::{ErrorBody, FieldError};
 
+use crate::auth::AuthError;
 use crate::store::StoreError;
 
 use crate::hub::PublishError;
@@ -60,6 +61,15 @@ pub enum ApiError {
     /// A path parameter or query is malformed.
     #[error("{0}")]
     BadRequest(String),
+    /// Authentication or authorization refused the request (401, 403, 429, 422).
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// A browser page from another origin.
+    #[error("origin {0:?} is not allowed; only the server's own origin and --allowed-origin entries are")]
+    OriginNotAllowed(String),
+    /// Too many WebSockets from one address or user.
+    #[error("{0}")]
+    TooManySockets(String),
     /// Anything unexpected; the message is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -108,13 +118,63 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::NoSuch(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
+            ApiError::OriginNotAllowed(_) => (StatusCode::FORBIDDEN, "origin_not_allowed"),
+            ApiError::TooManySockets(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_connections"),
+            ApiError::Auth(e) => {
+                let status = match e {
+                    AuthError::Missing
+                    | AuthError::InvalidToken
+                    | AuthError::Expired
+                    | AuthError::Revoked
+                    | AuthError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+                    AuthError::Forbidden(_) => StatusCode::FORBIDDEN,
+                    AuthError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+                    AuthError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+                    AuthError::Secret(_) | AuthError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    AuthError::Store(s) => return ApiError::Store(clone_store_error(s)).status_and_code(),
+                };
+                (status, e.code())
+            }
         }
+    }
+}
+
+/// A copy of a store error for classification (StoreError holds only text).
+fn clone_store_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+        StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
+        StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
+        StoreError::Full(m) => StoreError::Full(m.clone()),
+        StoreError::ReadOnly(m) => StoreError::ReadOnly(m.clone()),
+        StoreError::Corrupt(m) => StoreError::Corrupt(m.clone()),
+        other => StoreError::Sqlite(other.to_string()),
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // A store failure or a bad field inside an account operation is reported
+        // exactly like one anywhere else.
+        let this = match self {
+            ApiError::Auth(AuthError::Store(e)) => ApiError::Store(e),
+            ApiError::Auth(AuthError::Invalid { field, message }) => ApiError::Validation(vec![FieldError {
+                field: field.to_owned(),
+                code: "invalid".to_owned(),
+                message,
+            }]),
+            other => other,
+        };
+        this.render()
+    }
+}
+
+impl ApiError {
+    fn render(self) -> Response {
         let (status, code) = self.status_and_code();
+        if let ApiError::Auth(AuthError::Internal(detail) | AuthError::Secret(detail)) = &self {
+            tracing::error!(detail, "internal error in an account operation");
+        }
         if let ApiError::Internal(detail) | ApiError::Upgrade(UpgradeError::Internal(detail)) = &self {
             tracing::error!(detail, "internal error while serving a request");
         }
@@ -131,6 +191,7 @@ impl IntoResponse for ApiError {
                 StoreError::Corrupt(_) => "the database is damaged; see the server log".to_owned(),
                 _ => "the database is unavailable; see the server log".to_owned(),
             },
+            ApiError::Auth(AuthError::Internal(_) | AuthError::Secret(_)) => "internal error".to_owned(),
             other => other.to_string(),
         };
         let mut body = ErrorBody::new(code, message);
@@ -152,6 +213,13 @@ impl IntoResponse for ApiError {
             }
             ApiError::Store(e) if e.is_unavailable() => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            ApiError::Auth(AuthError::RateLimited(wait)) => {
+                let secs = crate::auth::limits::retry_after_secs(*wait);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
+            ApiError::Auth(AuthError::Missing | AuthError::InvalidToken | AuthError::Expired | AuthError::Revoked) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sigmavault\""));
             }
             _ => {}
         }

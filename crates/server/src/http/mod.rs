@@ -4,8 +4,10 @@
 //! → request timeout → handler. Every error body, including 404 and 405, is the
 //! JSON error body of [`error::ApiError`].
 
+mod accounts;
 mod body;
 pub mod error;
+mod guard;
 mod events;
 mod host;
 mod notifications;
@@ -42,6 +44,8 @@ pub struct AppState {
     pub collectors: Collectors,
     /// Active alerts.
     pub alerts: crate::alerts::Alerts,
+    /// Accounts, tokens and limits.
+    pub auth: crate::auth::Auth,
     /// The validated configuration.
     pub config: Arc<Config>,
     /// Wall-clock start time, for `/info`.
@@ -65,6 +69,7 @@ pub fn router(app: AppState) -> Router {
         .route("/api/v1/notifications/{id}", delete(notifications::remove))
         .route("/api/v1/notifications/{id}/read", post(notifications::read))
         .merge(shares::routes())
+        .merge(accounts::routes())
         .route("/api/v1/system/status", get(host::system_status))
         .route("/api/v1/system/network", get(host::system_network))
         .route("/api/v1/storage/disks", get(host::disks))
@@ -79,19 +84,73 @@ pub fn router(app: AppState) -> Router {
     routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), guard::authenticate))
         .layer(middleware::from_fn_with_state(app.clone(), request_timeout))
+        .layer(middleware::from_fn_with_state(app.clone(), guard::client_and_rate))
+        .layer(middleware::from_fn_with_state(app.clone(), guard::security_headers))
         .layer(middleware::from_fn(access_log))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
         .with_state(app)
 }
 
-async fn ws_events(State(app): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    Ok(ws::upgrade(&app.hub, false, req)?)
+/// `/ws`: checks Origin and credentials before anything is upgraded, so a bad
+/// token or a foreign page gets an HTTP error (401/403) and never a 101.
+async fn ws_events(
+    State(app): State<AppState>,
+    axum::Extension(guard::ClientIp(ip)): axum::Extension<guard::ClientIp>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    guard::origin_allowed(&app, req.headers())?;
+    let query = req.uri().query().unwrap_or("");
+    if query
+        .split('&')
+        .any(|p| matches!(p.split('=').next(), Some("token" | "access_token" | "api_key" | "key")))
+    {
+        return Err(ApiError::BadRequest(
+            "tokens are not accepted in the query string; send Authorization: Bearer, the \
+             bearer.<token> subprotocol, or an auth message"
+                .into(),
+        ));
+    }
+    let token = match guard::credentials(req.headers()) {
+        Some(t) => Some(t),
+        None => ws::subprotocol_token(req.headers())?,
+    };
+    let principal = token.map(|t| app.auth.authenticate(&t)).transpose()?;
+    let caps = app.auth.sockets();
+    let mut slots = vec![caps.take_ip(ip).ok_or_else(|| {
+        ApiError::TooManySockets(format!(
+            "too many WebSocket connections from {ip} (at most {})",
+            caps.max_per_ip()
+        ))
+    })?];
+    if let Some(p) = &principal {
+        slots.push(caps.take_user(p.user_id).ok_or_else(|| {
+            ApiError::TooManySockets(format!(
+                "too many WebSocket connections for user {} (at most {})",
+                p.username,
+                caps.max_per_user()
+            ))
+        })?);
+    }
+    let gate = crate::hub::Gate {
+        auth: Some(app.auth.clone()),
+        initial: principal.as_ref().map(crate::auth::SocketAuth::from_principal),
+        slots,
+    };
+    Ok(ws::upgrade(&app.hub, false, req, gate)?)
 }
 
+/// `/ws/echo` (test-only, `--ws-echo true`): a conformance endpoint that carries
+/// no data, so the Autobahn client (which cannot send credentials) can use it.
 async fn ws_echo(State(app): State<AppState>, req: Request) -> Result<Response, ApiError> {
-    Ok(ws::upgrade(&app.hub, true, req)?)
+    let gate = crate::hub::Gate {
+        auth: None,
+        initial: None,
+        slots: Vec::new(),
+    };
+    Ok(ws::upgrade(&app.hub, true, req, gate)?)
 }
 
 async fn not_found(uri: Uri) -> ApiError {

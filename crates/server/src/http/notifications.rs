@@ -95,18 +95,22 @@ pub(crate) async fn read_all(State(app): State<AppState>) -> Result<Json<Value>,
 }
 
 /// `DELETE /api/v1/notifications/{id}`.
-pub(crate) async fn remove(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn remove(
+    State(app): State<AppState>,
+    super::guard::Acting(actor): super::guard::Acting,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = id(&raw)?;
     let (n, _) = app
         .store
         .write(move |tx| {
             let n = notifications::delete(tx, id)?;
             crate::store::audit::record(
-                tx.conn(),
-                "api",
+                tx,
+                &actor,
                 "notification.delete",
                 &format!("notification/{id}"),
-                &json!({}),
+                json!({}),
             )?;
             Ok(n)
         })

@@ -25,6 +25,7 @@ use axum::{Json, Router};
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
+use super::guard::Acting;
 use super::{AppState, body};
 use crate::shares::{self as rules, PathPolicy, Rejected};
 use crate::store::shares::{self, Share};
@@ -96,10 +97,15 @@ async fn list(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
 }
 
 /// `POST /api/v1/storage/shares`.
-async fn create(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
+async fn create(
+    State(app): State<AppState>,
+    Acting(actor): Acting,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = read_object(&app, &headers, body, false).await?;
     let new = checked(&app, body, None).await?;
-    let (share, _) = app.store.write(move |tx| shares::insert(tx, &new)).await?;
+    let (share, _) = app.store.write(move |tx| shares::insert(tx, &actor, &new)).await?;
     let location = format!("/api/v1/storage/shares/{}", share.id);
     Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(share)).into_response())
 }
@@ -113,6 +119,7 @@ async fn show(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Js
 /// `PUT /api/v1/storage/shares/{id}`: last writer wins, as a full replace should.
 async fn replace(
     State(app): State<AppState>,
+    Acting(actor): Acting,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -121,7 +128,7 @@ async fn replace(
     let body = read_object(&app, &headers, body, false).await?;
     get_share(&app, id).await?;
     let new = checked(&app, body, Some(id)).await?;
-    let (share, _) = app.store.write(move |tx| shares::update(tx, id, &new, None)).await?;
+    let (share, _) = app.store.write(move |tx| shares::update(tx, &actor, id, &new, None)).await?;
     Ok(Json(share))
 }
 
@@ -130,6 +137,7 @@ async fn replace(
 /// so a partial update never undoes someone else's change to another field.
 async fn modify(
     State(app): State<AppState>,
+    Acting(actor): Acting,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -142,14 +150,18 @@ async fn modify(
     let new = checked(&app, merged, Some(id)).await?;
     let (share, _) = app
         .store
-        .write(move |tx| shares::update(tx, id, &new, Some(&before)))
+        .write(move |tx| shares::update(tx, &actor, id, &new, Some(&before)))
         .await?;
     Ok(Json(share))
 }
 
 /// `DELETE /api/v1/storage/shares/{id}`.
-async fn remove(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn remove(
+    State(app): State<AppState>,
+    Acting(actor): Acting,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = share_id(&raw)?;
-    let (share, _) = app.store.write(move |tx| shares::delete(tx, id)).await?;
+    let (share, _) = app.store.write(move |tx| shares::delete(tx, &actor, id)).await?;
     Ok(Json(json!({ "deleted": share })))
 }

@@ -29,6 +29,7 @@ use super::session::{Session, SessionKind};
 use super::subscriptions::Opening;
 use super::wire::{self, ReaderIo};
 use super::{Admission, Hub};
+use crate::auth::{Auth, SocketAuth, SocketSlot};
 
 /// History frames written per replay round; small enough that control replies
 /// and the keep-alive interleave with a long replay.
@@ -36,6 +37,16 @@ const REPLAY_CHUNK: usize = 256;
 
 /// Longest close reason RFC 6455 allows (125-byte control payload minus the code).
 const MAX_CLOSE_REASON: usize = 123;
+
+/// Who may use a new connection, decided at the upgrade.
+pub(crate) struct Gate {
+    /// Checks tokens (first-message `auth`, re-auth); `None` for the echo endpoint.
+    pub(crate) auth: Option<Auth>,
+    /// Credentials that came with the upgrade; `None`: wait for an `auth` message.
+    pub(crate) initial: Option<SocketAuth>,
+    /// Connection-cap slots taken at the upgrade.
+    pub(crate) slots: Vec<SocketSlot>,
+}
 
 /// Runs a connection to completion; returns when the socket is closed.
 pub(crate) async fn run<S>(
@@ -45,10 +56,26 @@ pub(crate) async fn run<S>(
     io: S,
     ws_config: WebSocketConfig,
     admission: Admission,
+    gate: Gate,
 ) where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
-    let session = hub.register(kind, opening);
+    let session = hub.new_session(kind);
+    session.slots.lock().extend(gate.slots);
+    // Until authenticated the session is not registered: nothing is delivered
+    // to it, not even `welcome`.
+    let pending = match (kind, gate.initial) {
+        (SessionKind::Events, Some(initial)) => {
+            session.set_auth(initial);
+            hub.register(&session, opening);
+            None
+        }
+        (SessionKind::Events, None) => Some(opening),
+        (SessionKind::Echo, _) => {
+            hub.register(&session, opening);
+            None
+        }
+    };
     let _registered = Registered {
         hub: hub.clone(),
         session: session.clone(),
@@ -64,7 +91,7 @@ pub(crate) async fn run<S>(
     let stream = WebSocketStream::from_raw_socket(reader_io, Role::Server, Some(ws_config)).await;
     let reader = match kind {
         SessionKind::Events => {
-            let inbound = HubInbound::new(hub.clone(), session.clone());
+            let inbound = HubInbound::new(hub.clone(), session.clone(), gate.auth, pending);
             hub.inner
                 .tracker
                 .spawn(read_loop(hub.clone(), session.clone(), stream, inbound))
@@ -110,9 +137,15 @@ where
     I: Inbound,
 {
     loop {
+        let deadline = inbound.deadline();
         let next = tokio::select! {
             biased;
             _ = session.abort.reader_aborted() => return,
+            _ = until(deadline) => {
+                tracing::info!(client_id = %session.client_id, "no auth message in time; closing with 4401");
+                session.with_outbox(|o| o.request_close(CloseCode::Unauthorized, "authentication timeout: send {\"type\":\"auth\"} first"));
+                return;
+            }
             next = stream.next() => next,
         };
         let result = match next {
@@ -120,7 +153,7 @@ where
             Some(Ok(msg)) => {
                 session.touch(hub.now_ms());
                 match msg {
-                    Message::Text(text) => inbound.on_text(text).map_err(|code| Some((code, String::new()))),
+                    Message::Text(text) => inbound.on_text(text).map_err(Some),
                     Message::Binary(data) => inbound
                         .on_binary(data)
                         .map_err(|code| Some((code, "binary frames are not supported".to_owned()))),
@@ -146,6 +179,14 @@ where
                 return;
             }
         }
+    }
+}
+
+/// Resolves at `deadline`, never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -285,7 +326,8 @@ where
         return Ok(());
     };
     let subs = session.subs.lock().clone();
-    let wanted = |f: &EventFrame| subs.matches(&f.kind) && !round.skip.delivered(f.seq, &f.kind);
+    let wanted =
+        |f: &EventFrame| subs.matches(&f.kind) && session.may_see(&f.kind) && !round.skip.delivered(f.seq, &f.kind);
     let mut frames: Vec<Bytes> = chunk.into_iter().filter(wanted).map(|f| f.bytes).collect();
     let sent = frames.len() as u64;
     // Advance the cursor before writing: a `resume` that arrives while this chunk

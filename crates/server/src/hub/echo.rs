@@ -21,7 +21,7 @@ pub(crate) struct EchoInbound {
 }
 
 impl Inbound for EchoInbound {
-    fn on_text(&mut self, text: Utf8Bytes) -> Result<(), CloseCode> {
+    fn on_text(&mut self, text: Utf8Bytes) -> Result<(), (CloseCode, String)> {
         self.session.with_outbox(|o| o.push_control(wire::text(&text)));
         Ok(())
     }

@@ -13,28 +13,97 @@ use sigmavault_proto::{ClientCommand, ClientMessage, CloseCode};
 use super::ratelimit::{RateLimit, Verdict};
 use super::resume::ResumeOutcome;
 use super::session::Session;
+use super::subscriptions::Opening;
 use super::{Hub, control, error_frame};
+use crate::auth::{Auth, AuthError, SocketAuth};
 
 /// Interprets inbound data messages. Returning `Err` closes the connection with that code.
 pub(crate) trait Inbound: Send + 'static {
     /// A complete text message (already UTF-8 validated).
-    fn on_text(&mut self, text: Utf8Bytes) -> Result<(), CloseCode>;
+    fn on_text(&mut self, text: Utf8Bytes) -> Result<(), (CloseCode, String)>;
+    /// When the connection must have done something by (first-message auth).
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        None
+    }
     /// A complete binary message.
     fn on_binary(&mut self, data: Bytes) -> Result<(), CloseCode>;
 }
 
-/// The `/ws` protocol: subscribe, unsubscribe, resume, ping.
+/// The `/ws` protocol: auth, subscribe, unsubscribe, resume, ping.
 pub(crate) struct HubInbound {
     hub: Hub,
     session: Arc<Session>,
     rate: RateLimit,
+    auth: Option<Auth>,
+    /// Set while waiting for the first `auth` message: the upgrade's opening
+    /// (subscriptions, resume point) and the deadline.
+    pending: Option<(Opening, tokio::time::Instant)>,
 }
 
 impl HubInbound {
-    pub(crate) fn new(hub: Hub, session: Arc<Session>) -> Self {
+    pub(crate) fn new(hub: Hub, session: Arc<Session>, auth: Option<Auth>, pending: Option<Opening>) -> Self {
         let cfg = hub.config();
         let rate = RateLimit::new(cfg.rate_limit, cfg.rate_burst);
-        HubInbound { hub, session, rate }
+        let deadline = tokio::time::Instant::now() + cfg.auth_timeout;
+        HubInbound {
+            hub,
+            session,
+            rate,
+            auth,
+            pending: pending.map(|o| (o, deadline)),
+        }
+    }
+
+    /// The first `auth` of a connection that came without credentials.
+    fn first_auth(&mut self, token: &str) -> Result<(), (CloseCode, String)> {
+        let unauthorized = |e: AuthError| (CloseCode::Unauthorized, e.code().to_owned());
+        let auth = self.auth.as_ref().ok_or((CloseCode::Unauthorized, "unauthorized".to_owned()))?;
+        let principal = auth.authenticate(token).map_err(unauthorized)?;
+        let slot = auth.sockets().take_user(principal.user_id).ok_or_else(|| {
+            (
+                CloseCode::RateLimited,
+                format!("too many connections for this user (at most {})", auth.sockets().max_per_user()),
+            )
+        })?;
+        self.session.slots.lock().push(slot);
+        self.session.set_auth(SocketAuth::from_principal(&principal));
+        if let Some((opening, _)) = self.pending.take() {
+            tracing::debug!(client_id = %self.session.client_id, user_id = principal.user_id, "socket authenticated by message");
+            self.hub.register(&self.session, opening);
+        }
+        Ok(())
+    }
+
+    /// `auth` on an authenticated socket: a fresh token of the same user extends it.
+    fn reauth(&self, token: &str, id: Option<&serde_json::Value>) {
+        let Some(auth) = &self.auth else { return };
+        let principal = match auth.authenticate(token) {
+            Ok(p) => p,
+            Err(e) => {
+                self.reply_error(id, e.code(), &format!("{e}; the connection keeps its current authentication"));
+                return;
+            }
+        };
+        let mut current = self.session.auth.lock();
+        let Some(a) = current.as_mut() else { return };
+        if a.user_id != principal.user_id || a.role != principal.role {
+            drop(current);
+            self.reply_error(
+                id,
+                "forbidden",
+                "the token belongs to another user or role; open a new connection for it",
+            );
+            return;
+        }
+        *a = SocketAuth::from_principal(&principal);
+        drop(current);
+        let reply = serde_json::json!({
+            "user": &*principal.username,
+            "role": principal.role,
+            "expires_at": principal.expires_at.map(|s| chrono::DateTime::from_timestamp(s, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))),
+        });
+        self.session.with_outbox(|o| o.push_control(control("authenticated", id, &reply)));
     }
 
     fn reply_error(&self, id: Option<&serde_json::Value>, code: &str, message: &str) {
@@ -45,7 +114,11 @@ impl HubInbound {
 }
 
 impl Inbound for HubInbound {
-    fn on_text(&mut self, text: Utf8Bytes) -> Result<(), CloseCode> {
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.pending.as_ref().map(|(_, d)| *d)
+    }
+
+    fn on_text(&mut self, text: Utf8Bytes) -> Result<(), (CloseCode, String)> {
         match self.rate.check(tokio::time::Instant::now()) {
             Verdict::Allow => {}
             Verdict::Refuse { notify } => {
@@ -54,6 +127,9 @@ impl Inbound for HubInbound {
                         .counters()
                         .rate_limited
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                if self.pending.is_some() {
+                    return Ok(());
                 }
                 // Every refused message is answered (with its id when it has one), so a
                 // client slightly over the rate never loses a command silently.
@@ -68,8 +144,15 @@ impl Inbound for HubInbound {
             }
             Verdict::Close => {
                 tracing::warn!(client_id = %self.session.client_id, "inbound rate limit exceeded; closing with 4429");
-                return Err(CloseCode::RateLimited);
+                return Err((CloseCode::RateLimited, "inbound message rate exceeded".to_owned()));
             }
+        }
+        if self.pending.is_some() {
+            // Before authentication only `auth` is answered.
+            return match ClientMessage::parse(&text).ok().and_then(|m| m.command().ok()) {
+                Some(ClientCommand::Auth { token }) => self.first_auth(&token.0),
+                _ => Ok(()),
+            };
         }
         let msg = match ClientMessage::parse(&text) {
             Ok(m) => m,
@@ -89,6 +172,7 @@ impl Inbound for HubInbound {
         match command {
             ClientCommand::Subscribe(patterns) => self.hub.subscribe(&self.session, patterns, id),
             ClientCommand::Unsubscribe(patterns) => self.hub.unsubscribe(&self.session, &patterns, id),
+            ClientCommand::Auth { token } => self.reauth(&token.0, id),
             ClientCommand::Ping => {
                 let pong = control("pong", id, &serde_json::json!({}));
                 self.session.with_outbox(|o| o.push_control(pong));

@@ -20,7 +20,11 @@ use super::Hub;
 /// sweep every 2.5 s).
 fn tick(hub: &Hub) -> Duration {
     let c = hub.config();
-    (c.ping_interval.min(c.pong_timeout).min(c.write_timeout) / 4)
+    (c.ping_interval
+        .min(c.pong_timeout)
+        .min(c.write_timeout)
+        .min(c.auth_expiry_warning)
+        / 4)
         .clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
@@ -43,7 +47,11 @@ fn sweep(hub: &Hub) {
     let dead_ms = ping_ms + cfg.pong_timeout.as_millis() as u64;
     let stall_ms = cfg.write_timeout.as_millis() as u64;
     let counters = hub.counters();
+    let wall_ms = chrono::Utc::now().timestamp_millis();
+    let warn_ms = cfg.auth_expiry_warning.as_millis() as i64;
+    let leeway_ms = cfg.token_leeway.as_millis() as i64;
     for s in hub.inner.sessions.read().values() {
+        check_expiry(s, wall_ms, warn_ms, leeway_ms);
         let silent = now.saturating_sub(s.last_seen_ms.load(Ordering::Relaxed));
         if silent > dead_ms {
             if s.with_outbox(|o| o.request_close(CloseCode::KeepaliveTimeout, format!("silent for {silent} ms"))) {
@@ -65,6 +73,29 @@ fn sweep(hub: &Hub) {
             );
             s.abort.abort();
         }
+    }
+}
+
+/// Warns a socket whose token expires soon (`auth.expiring`, once per token)
+/// and closes it with 4401 once the token has expired (plus the leeway).
+fn check_expiry(s: &super::session::Session, wall_ms: i64, warn_ms: i64, leeway_ms: i64) {
+    let mut auth = s.auth.lock();
+    let Some(a) = auth.as_mut() else { return };
+    let Some(expires) = a.expires_at_ms else { return };
+    if wall_ms >= expires + leeway_ms {
+        drop(auth);
+        if s.with_outbox(|o| o.request_close(CloseCode::Unauthorized, "token expired: refresh, then reconnect and resume")) {
+            tracing::info!(client_id = %s.client_id, "socket token expired; closing with 4401");
+        }
+    } else if !a.warned && wall_ms >= expires - warn_ms {
+        a.warned = true;
+        drop(auth);
+        let data = serde_json::json!({
+            "expires_at": chrono::DateTime::from_timestamp_millis(expires)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            "expires_in_ms": (expires - wall_ms).max(0),
+        });
+        s.with_outbox(|o| o.push_control(super::control("auth.expiring", None, &data)));
     }
 }
 

@@ -10,6 +10,7 @@
 //! replay/live seam exact.
 
 mod connection;
+pub(crate) use connection::Gate;
 mod delivered;
 mod echo;
 mod history;
@@ -74,6 +75,12 @@ pub struct HubConfig {
     pub heartbeat_interval: Duration,
     /// Connection cap.
     pub max_connections: usize,
+    /// First-message auth deadline.
+    pub auth_timeout: Duration,
+    /// `auth.expiring` lead time.
+    pub auth_expiry_warning: Duration,
+    /// Grace after a socket's token expires before it is closed.
+    pub token_leeway: Duration,
 }
 
 impl From<&Config> for HubConfig {
@@ -90,6 +97,9 @@ impl From<&Config> for HubConfig {
             history: c.history,
             heartbeat_interval: c.heartbeat_interval,
             max_connections: c.max_connections,
+            auth_timeout: c.security.ws_auth_timeout,
+            auth_expiry_warning: c.security.auth_expiry_warning,
+            token_leeway: c.security.token_leeway,
         }
     }
 }
@@ -355,6 +365,19 @@ impl Hub {
         for s in self.inner.sessions.read().values() {
             s.with_outbox(|o| o.request_close(CloseCode::GoingAway, "server shutting down"));
         }
+    }
+
+    /// Closes (4401) every authenticated `/ws` session whose authentication
+    /// matches; returns how many. Used when a session, key or user is revoked.
+    pub fn close_authenticated(&self, matches: impl Fn(&crate::auth::SocketAuth) -> bool, reason: &str) -> usize {
+        let mut n = 0;
+        for s in self.inner.sessions.read().values() {
+            let hit = s.auth.lock().as_ref().is_some_and(&matches);
+            if hit && s.with_outbox(|o| o.request_close(CloseCode::Unauthorized, reason)) {
+                n += 1;
+            }
+        }
+        n
     }
 
     /// A snapshot of the hub statistics.

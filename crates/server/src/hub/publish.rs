@@ -241,7 +241,7 @@ impl Hub {
             text.push('}');
             let bytes = wire::text(&text);
             for s in self.inner.sessions.read().values() {
-                if s.subs.lock().matches(&kind) {
+                if s.receives(&kind) {
                     s.with_outbox(|o| o.push_control(bytes.clone()));
                 }
             }
@@ -333,7 +333,7 @@ impl Hub {
             .sessions
             .read()
             .values()
-            .filter(|s| s.subs.lock().matches(kind))
+            .filter(|s| s.receives(kind))
             .cloned()
             .collect();
         if publish.subscribers.len() >= SUBSCRIBER_CACHE_MAX {

@@ -16,6 +16,7 @@ use uuid::Uuid;
 use sigmavault_proto::SubscriptionSet;
 
 use super::outbox::{CONTROL_MAX_BYTES, Outbox};
+use crate::auth::{SocketAuth, SocketSlot};
 
 /// Reply bound of the test-only echo endpoint: two of its largest messages.
 const ECHO_CONTROL_MAX_BYTES: usize = 2 * super::ws::ECHO_MAX_MESSAGE + (1 << 20);
@@ -101,6 +102,13 @@ pub(crate) struct Session {
     /// The highest seq written to the socket (reported in the 4008 close reason).
     pub(crate) last_delivered_seq: AtomicU64,
     pub(crate) abort: Abort,
+    /// Who is on the socket; `None` until a first-message `auth` succeeds.
+    pub(crate) auth: Mutex<Option<SocketAuth>>,
+    /// Whether admin-only types (`audit.*`) may be delivered. Fixed once
+    /// authenticated: a role change closes the socket.
+    pub(crate) admin: AtomicBool,
+    /// Per-IP and per-user connection slots, given back when the session ends.
+    pub(crate) slots: Mutex<Vec<SocketSlot>>,
 }
 
 impl Session {
@@ -129,7 +137,28 @@ impl Session {
             write_started_ms: AtomicU64::new(0),
             last_delivered_seq: AtomicU64::new(0),
             abort: Abort::default(),
+            auth: Mutex::new(None),
+            admin: AtomicBool::new(false),
+            slots: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Whether a message of this type goes to this session: subscribed, and
+    /// not admin-only unless the session is an admin's.
+    pub(crate) fn receives(&self, kind: &str) -> bool {
+        self.subs.lock().matches(kind) && self.may_see(kind)
+    }
+
+    /// The role filter alone.
+    pub(crate) fn may_see(&self, kind: &str) -> bool {
+        !sigmavault_proto::topics::admin_only(kind) || self.admin.load(Ordering::Relaxed)
+    }
+
+    /// Sets who is on the socket.
+    pub(crate) fn set_auth(&self, auth: SocketAuth) {
+        self.admin
+            .store(auth.role == crate::store::accounts::Role::Admin, Ordering::Relaxed);
+        *self.auth.lock() = Some(auth);
     }
 
     /// Runs `f` on the outbox and wakes the writer if it now has work.

@@ -31,15 +31,39 @@ pub(crate) struct Opening {
 impl Hub {
     /// Registers a new session: queues `welcome` and current state values, and
     /// starts a replay when the upgrade asked for one.
-    pub(crate) fn register(&self, kind: SessionKind, opening: Opening) -> Arc<Session> {
+    pub(crate) fn new_session(&self, kind: SessionKind) -> Arc<Session> {
         let inner = &*self.inner;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        Session::new(
+            id,
+            kind,
+            Arc::new(SubscriptionSet::new()),
+            inner.cfg.queue,
+            self.now_ms(),
+        )
+    }
+
+    /// Registers an authenticated session (see [`Hub::new_session`]): from here
+    /// on it receives what it is subscribed to, starting with `welcome`.
+    pub(crate) fn register(&self, session: &Arc<Session>, opening: Opening) {
+        let inner = &*self.inner;
+        let kind = session.kind;
+        let admin = session.admin.load(Ordering::Relaxed);
+        let mut refused = Vec::new();
         let subs = match (kind, opening.types) {
             (SessionKind::Echo, _) => Arc::new(SubscriptionSet::new()),
-            (SessionKind::Events, Some(types)) => Arc::new(SubscriptionSet::from_patterns(types)),
+            (SessionKind::Events, Some(types)) => {
+                let (forbidden, allowed): (Vec<Pattern>, Vec<Pattern>) =
+                    types.into_iter().partition(|p| !admin && p.admin_only());
+                refused = forbidden;
+                Arc::new(SubscriptionSet::from_patterns(allowed))
+            }
             (SessionKind::Events, None) => inner.default_subs.clone(),
         };
-        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let session = Session::new(id, kind, subs.clone(), inner.cfg.queue, self.now_ms());
+        *session.subs.lock() = subs.clone();
+        session.touch(self.now_ms());
+        session.last_ping_ms.store(self.now_ms(), Ordering::Relaxed);
+        let id = session.id;
 
         let mut publish = inner.publish.lock();
         inner.sessions.write().insert(id, session.clone());
@@ -67,9 +91,13 @@ impl Hub {
                 o.push_control(control("welcome", None, &welcome));
                 o.delivered = DeliveredLog::live_from(head, subs.clone());
             });
-            self.push_current_state(&session, &subs, None);
+            if !refused.is_empty() {
+                let msg = forbidden_message(&refused);
+                session.with_outbox(|o| o.push_control(error_frame(None, "forbidden", &msg)));
+            }
+            self.push_current_state(session, &subs, None);
             if let Some((epoch, since)) = opening.resume
-                && let ResumeOutcome::SinceAhead { head } = self.resume_locked(&session, &epoch, since, None)
+                && let ResumeOutcome::SinceAhead { head } = self.resume_locked(session, &epoch, since, None)
             {
                 let msg = format!("since {since} is ahead of the latest seq {head}");
                 session.with_outbox(|o| o.push_control(error_frame(None, "since_ahead", &msg)));
@@ -83,7 +111,6 @@ impl Hub {
             session.abort.abort();
         }
         drop(publish);
-        session
     }
 
     /// Removes a finished session.
@@ -100,13 +127,23 @@ impl Hub {
         let state = self.inner.state.read();
         let fresh = state
             .values()
-            .filter(|f| subs.matches(&f.kind) && !before.is_some_and(|b| b.matches(&f.kind)));
+            .filter(|f| {
+                subs.matches(&f.kind) && session.may_see(&f.kind) && !before.is_some_and(|b| b.matches(&f.kind))
+            });
         session.with_outbox(|o| fresh.for_each(|f| o.push_state(f.clone())));
     }
 
     /// Adds patterns; queues `subscribed` (after which matching messages flow) and
     /// the current values of newly matched state topics.
     pub(crate) fn subscribe(&self, session: &Session, patterns: Vec<Pattern>, id: Option<&Value>) {
+        if !session.admin.load(Ordering::Relaxed) {
+            let refused: Vec<Pattern> = patterns.iter().filter(|p| p.admin_only()).cloned().collect();
+            if !refused.is_empty() {
+                let msg = forbidden_message(&refused);
+                session.with_outbox(|o| o.push_control(error_frame(id, "forbidden", &msg)));
+                return;
+            }
+        }
         let mut publish = self.inner.publish.lock();
         let (before, after) = {
             let mut subs = session.subs.lock();
@@ -157,4 +194,13 @@ impl Hub {
             o.push_control(control("unsubscribed", id, &reply));
         });
     }
+}
+
+/// The error for a viewer asking for admin-only types.
+fn forbidden_message(refused: &[Pattern]) -> String {
+    let names: Vec<String> = refused.iter().map(ToString::to_string).collect();
+    format!(
+        "{} admin-only (audit.*); this connection's role is viewer, so nothing was subscribed",
+        names.join(", ") + if names.len() == 1 { " is" } else { " are" }
+    )
 }

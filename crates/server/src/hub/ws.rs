@@ -55,6 +55,35 @@ fn header_has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) 
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The token a browser sends as the subprotocol `bearer.<base64url token>`
+/// next to `sigmavault.v1` (browsers cannot set headers on a WebSocket). Only
+/// `sigmavault.v1` is ever selected, so the token is never echoed back.
+pub(crate) fn subprotocol_token(headers: &HeaderMap) -> Result<Option<String>, UpgradeError> {
+    use base64::Engine;
+    let offered: Vec<&str> = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let Some(encoded) = offered.iter().find_map(|p| p.strip_prefix("bearer.")) else {
+        return Ok(None);
+    };
+    if !offered.contains(&sigmavault_proto::SUBPROTOCOL) {
+        return Err(UpgradeError::BadQuery(format!(
+            "offer the subprotocol {} together with bearer.<token>",
+            sigmavault_proto::SUBPROTOCOL
+        )));
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(encoded.trim_end_matches('='))
+        .map_err(|_| UpgradeError::BadQuery("bearer.<token>: the token must be base64url-encoded".into()))?;
+    String::from_utf8(bytes)
+        .map(Some)
+        .map_err(|_| UpgradeError::BadQuery("bearer.<token>: the token is not UTF-8".into()))
+}
+
 /// Parses `?types=a,b.*&epoch=E&since=N` (epoch and since both or neither).
 /// A repeated parameter: the last one counts.
 fn parse_opening(query: Option<&str>) -> Result<Opening, UpgradeError> {
@@ -105,7 +134,12 @@ fn parse_opening(query: Option<&str>) -> Result<Opening, UpgradeError> {
 }
 
 /// Validates the upgrade, answers 101 and spawns the connection.
-pub fn upgrade(hub: &Hub, echo: bool, mut req: Request<Body>) -> Result<Response<Body>, UpgradeError> {
+pub(crate) fn upgrade(
+    hub: &Hub,
+    echo: bool,
+    mut req: Request<Body>,
+    gate: super::connection::Gate,
+) -> Result<Response<Body>, UpgradeError> {
     let headers = req.headers();
     if !header_has_token(headers, header::CONNECTION, "upgrade")
         || !header_has_token(headers, header::UPGRADE, "websocket")
@@ -146,7 +180,16 @@ pub fn upgrade(hub: &Hub, echo: bool, mut req: Request<Body>) -> Result<Response
                 return;
             }
         };
-        super::connection::run(task_hub, kind, opening, TokioIo::new(upgraded), ws_config, admission).await;
+        super::connection::run(
+            task_hub,
+            kind,
+            opening,
+            TokioIo::new(upgraded),
+            ws_config,
+            admission,
+            gate,
+        )
+        .await;
     });
 
     let mut builder = Response::builder()

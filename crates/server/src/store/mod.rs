@@ -13,6 +13,7 @@
 //! `events` table inside the same transaction, and hands them to the hub only
 //! after the commit. A failed job or commit consumes no seq.
 
+pub mod accounts;
 pub mod alerts;
 pub mod audit;
 pub mod backup;

@@ -70,6 +70,51 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL,
         since   TEXT NOT NULL
     ) STRICT;",
+    // 4: accounts, login sessions with rotating refresh tokens, API keys; where
+    // an audited action came from.
+    "CREATE TABLE users (
+        id                  INTEGER PRIMARY KEY AUTOINCREMENT,
+        username            TEXT NOT NULL,
+        username_key        TEXT NOT NULL UNIQUE,
+        password_hash       TEXT NOT NULL,
+        role                TEXT NOT NULL CHECK (role IN ('admin', 'viewer')),
+        disabled            INTEGER NOT NULL DEFAULT 0,
+        created_at          TEXT NOT NULL,
+        updated_at          TEXT NOT NULL,
+        password_changed_at TEXT NOT NULL,
+        last_login_at       TEXT
+    ) STRICT;
+    CREATE TABLE sessions (
+        id             TEXT PRIMARY KEY,
+        user_id        INTEGER NOT NULL REFERENCES users (id),
+        created_at     TEXT NOT NULL,
+        expires_ms     INTEGER NOT NULL,
+        refreshed_at   TEXT,
+        revoked_at     TEXT,
+        revoked_reason TEXT,
+        ip             TEXT NOT NULL,
+        user_agent     TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX sessions_by_user ON sessions (user_id);
+    CREATE TABLE refresh_tokens (
+        hash       TEXT PRIMARY KEY,
+        session_id TEXT NOT NULL REFERENCES sessions (id),
+        issued_ms  INTEGER NOT NULL,
+        used_ms    INTEGER
+    ) STRICT;
+    CREATE INDEX refresh_by_session ON refresh_tokens (session_id);
+    CREATE TABLE api_keys (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        user_id      INTEGER NOT NULL REFERENCES users (id),
+        name         TEXT NOT NULL,
+        role         TEXT NOT NULL CHECK (role IN ('admin', 'viewer')),
+        prefix       TEXT NOT NULL,
+        hash         TEXT NOT NULL UNIQUE,
+        created_at   TEXT NOT NULL,
+        last_used_at TEXT,
+        revoked_at   TEXT
+    ) STRICT;
+    ALTER TABLE audit ADD COLUMN ip TEXT NOT NULL DEFAULT '';",
 ];
 
 /// The newest schema version this binary knows.

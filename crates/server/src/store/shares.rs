@@ -14,7 +14,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::{StoreError, WriteTx, audit};
+use super::audit::{self, Actor};
+use super::{StoreError, WriteTx};
 
 /// A stored share.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -155,7 +156,7 @@ pub fn name_taken(conn: &Connection, name: &str, except: Option<i64>) -> Result<
 }
 
 /// Creates a share; publishes `storage.share.added`.
-pub fn insert(tx: &mut WriteTx<'_>, new: &NewShare) -> Result<Share, StoreError> {
+pub fn insert(tx: &mut WriteTx<'_>, actor: &Actor, new: &NewShare) -> Result<Share, StoreError> {
     let at = now();
     tx.conn()
         .prepare_cached(
@@ -187,7 +188,7 @@ pub fn insert(tx: &mut WriteTx<'_>, new: &NewShare) -> Result<Share, StoreError>
         updated_at: at,
     };
     let data = share.to_json()?;
-    audit::record(tx.conn(), "api", "share.create", &format!("share/{}", share.id), &data)?;
+    audit::record(tx, actor, "share.create", &format!("share/{}", share.id), data.clone())?;
     tx.publish("storage.share.added", data)?;
     Ok(share)
 }
@@ -199,7 +200,13 @@ pub fn insert(tx: &mut WriteTx<'_>, new: &NewShare) -> Result<Share, StoreError>
 /// with [`StoreError::Conflict`] rather than silently undoing the other change.
 /// Settings equal to the stored ones change nothing: no write, no event, no
 /// audit entry, `updated_at` kept.
-pub fn update(tx: &mut WriteTx<'_>, id: i64, new: &NewShare, expected: Option<&Share>) -> Result<Share, StoreError> {
+pub fn update(
+    tx: &mut WriteTx<'_>,
+    actor: &Actor,
+    id: i64,
+    new: &NewShare,
+    expected: Option<&Share>,
+) -> Result<Share, StoreError> {
     let before = get(tx.conn(), id)?;
     if expected.is_some_and(|e| *e != before) {
         return Err(StoreError::Conflict(format!(
@@ -242,24 +249,24 @@ pub fn update(tx: &mut WriteTx<'_>, id: i64, new: &NewShare, expected: Option<&S
     };
     let data = after.to_json()?;
     audit::record(
-        tx.conn(),
-        "api",
+        tx,
+        actor,
         "share.update",
         &format!("share/{id}"),
-        &json!({"before": before.to_json()?, "after": data}),
+        json!({"before": before.to_json()?, "after": data.clone()}),
     )?;
     tx.publish("storage.share.changed", data)?;
     Ok(after)
 }
 
 /// Deletes a share; publishes `storage.share.removed` with the record as it was.
-pub fn delete(tx: &mut WriteTx<'_>, id: i64) -> Result<Share, StoreError> {
+pub fn delete(tx: &mut WriteTx<'_>, actor: &Actor, id: i64) -> Result<Share, StoreError> {
     let share = get(tx.conn(), id)?;
     tx.conn()
         .prepare_cached("DELETE FROM shares WHERE id = ?1")?
         .execute([id])?;
     let data = share.to_json()?;
-    audit::record(tx.conn(), "api", "share.delete", &format!("share/{id}"), &data)?;
+    audit::record(tx, actor, "share.delete", &format!("share/{id}"), data.clone())?;
     tx.publish("storage.share.removed", data)?;
     Ok(share)
 }

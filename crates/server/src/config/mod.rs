@@ -12,6 +12,9 @@ use std::time::Duration;
 
 use clap::Args;
 
+pub mod security;
+pub use security::{Cidr, RateSpec, SecurityArgs, SecurityConfig};
+
 /// Flags of `sigmavault serve`. Values stay text here; [`Config::load`] parses them
 /// so that flags, environment and file report errors the same way.
 #[derive(Debug, Default, Clone, Args)]
@@ -173,6 +176,9 @@ pub struct ServeArgs {
     /// Mount the test-only echo endpoint /ws/echo (WebSocket conformance runs) [default: false].
     #[arg(long, hide = true)]
     pub ws_echo: Option<String>,
+    /// Accounts, tokens, limits, TLS.
+    #[command(flatten)]
+    pub security: SecurityArgs,
 }
 
 /// Where the event history is kept.
@@ -298,6 +304,8 @@ pub struct Config {
     pub log_level: String,
     /// Mount /ws/echo.
     pub ws_echo: bool,
+    /// Accounts, tokens, limits, TLS.
+    pub security: SecurityConfig,
 }
 
 /// A configuration value that cannot be used. Displayed as one line naming the key.
@@ -374,6 +382,7 @@ impl Default for Config {
             log_format: LogFormat::Text,
             log_level: "info".into(),
             ws_echo: false,
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -648,6 +657,7 @@ impl Config {
         set!(ws_echo, "ws-echo", |s: &str| s
             .parse::<bool>()
             .map_err(|_| format!("{s:?} is not true or false")));
+        c.security = SecurityConfig::load(&args.security, &layers)?;
         c.validate()?;
         Ok(c)
     }
@@ -681,7 +691,7 @@ fn read_toml(path: &Path) -> Result<toml::Table, ConfigError> {
         .map_err(|e: toml::de::Error| err("config", format!("{}: {}", path.display(), e.message())))?;
     for key in table.keys() {
         let kebab = key.replace('_', "-");
-        if !KEYS.contains(&kebab.as_str()) {
+        if !KEYS.contains(&kebab.as_str()) && !security::KEYS.contains(&kebab.as_str()) {
             return Err(err(key, format!("unknown key in {}", path.display())));
         }
     }

@@ -1,0 +1,599 @@
+//! The account operations behind the REST endpoints and the CLI: log in,
+//! refresh, log out, manage users and API keys.
+//!
+//! Each change is one store transaction that also writes its audit record (and
+//! so its `audit.*` event). Only after the commit does the in-memory index
+//! change and do the affected sockets close, so a refused write changes nothing.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::json;
+
+use crate::store::accounts::{self, ApiKey, Role, User};
+use crate::store::audit::{self, Actor};
+use crate::store::{StoreError, WriteTx};
+
+use super::{
+    Auth, AuthError, Credential, INITIAL_PASSWORD_FILE, KEY_PREFIX, KeyEntry, Principal, REFRESH_PREFIX, UserEntry,
+    bootstrap, jwt, password, secrets,
+};
+
+/// What a login or refresh returns.
+#[derive(Debug, Clone, Serialize)]
+pub struct TokenPair {
+    /// The JWT for `Authorization: Bearer`.
+    pub access_token: String,
+    /// Single-use; exchange at `/auth/refresh` for a new pair.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Access token lifetime in seconds.
+    pub expires_in: u64,
+    /// The login session (what logout revokes).
+    pub session_id: String,
+}
+
+/// A new key: the record and, this once, the secret.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyCreated {
+    /// The stored record.
+    #[serde(flatten)]
+    pub record: ApiKey,
+    /// The key itself; not retrievable later.
+    pub key: String,
+}
+
+/// Longest username.
+const MAX_USERNAME: usize = 64;
+/// Longest key name.
+const MAX_KEY_NAME: usize = 100;
+/// Longest user agent kept with a session.
+const MAX_USER_AGENT: usize = 200;
+
+/// Checks a new username: 1–64 of `A-Z a-z 0-9 . _ -`, starting with a letter or digit.
+pub fn check_username(name: &str) -> Result<(), AuthError> {
+    let invalid = |m: &str| AuthError::Invalid {
+        field: "username",
+        message: m.to_owned(),
+    };
+    if name.is_empty() || name.len() > MAX_USERNAME {
+        return Err(invalid("must be 1 to 64 characters"));
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+        return Err(invalid("may contain only letters, digits, '.', '_' and '-'"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(invalid("must start with a letter or digit"));
+    }
+    Ok(())
+}
+
+/// Checks a new password.
+pub fn check_password(field: &'static str, pw: &str) -> Result<(), AuthError> {
+    password::check_new(pw).map_err(|message| AuthError::Invalid { field, message })
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Creates a user inside a transaction (with its audit record).
+pub fn create_user_tx(
+    tx: &mut WriteTx<'_>,
+    actor: &Actor,
+    username: &str,
+    hash: &str,
+    role: Role,
+) -> Result<User, StoreError> {
+    let user = accounts::insert_user(tx.conn(), username, hash, role)?;
+    audit::record(
+        tx,
+        actor,
+        "user.create",
+        &format!("user/{}", user.id),
+        json!({"username": user.username, "role": role}),
+    )?;
+    Ok(user)
+}
+
+/// Changes role and/or disabled flag, refusing to leave no enabled admin.
+/// Returns the user and the sessions revoked (all of them when anything changed).
+pub fn update_user_tx(
+    tx: &mut WriteTx<'_>,
+    actor: &Actor,
+    id: i64,
+    role: Option<Role>,
+    disabled: Option<bool>,
+) -> Result<(User, Vec<String>), StoreError> {
+    let before = accounts::get_user(tx.conn(), id)?;
+    let role = role.unwrap_or(before.role);
+    let disabled = disabled.unwrap_or(before.disabled);
+    if role == before.role && disabled == before.disabled {
+        return Ok((before, Vec::new()));
+    }
+    let was_active_admin = before.role == Role::Admin && !before.disabled;
+    let stays_active_admin = role == Role::Admin && !disabled;
+    if was_active_admin && !stays_active_admin && accounts::other_enabled_admins(tx.conn(), id)? == 0 {
+        return Err(StoreError::Conflict(format!(
+            "{} is the last enabled admin; make another user admin first",
+            before.username
+        )));
+    }
+    let after = accounts::update_user(tx.conn(), id, role, disabled)?;
+    let revoked = accounts::revoke_user_sessions(tx.conn(), id, "account changed")?;
+    audit::record(
+        tx,
+        actor,
+        "user.update",
+        &format!("user/{id}"),
+        json!({"username": after.username,
+               "before": {"role": before.role, "disabled": before.disabled},
+               "after": {"role": after.role, "disabled": after.disabled}}),
+    )?;
+    Ok((after, revoked))
+}
+
+/// Sets a new password hash and revokes every session of the user.
+pub fn set_password_tx(
+    tx: &mut WriteTx<'_>,
+    actor: &Actor,
+    id: i64,
+    hash: &str,
+    action: &str,
+) -> Result<(User, Vec<String>), StoreError> {
+    accounts::set_password_hash(tx.conn(), id, hash, true)?;
+    let revoked = accounts::revoke_user_sessions(tx.conn(), id, "password changed")?;
+    let user = accounts::get_user(tx.conn(), id)?;
+    audit::record(
+        tx,
+        actor,
+        action,
+        &format!("user/{id}"),
+        json!({"username": user.username, "sessions_revoked": revoked.len()}),
+    )?;
+    Ok((user, revoked))
+}
+
+/// Removes the generated first-admin password file once that account's
+/// password has changed (it is stale, and it is a secret lying around).
+pub fn forget_initial_password(data_dir: &std::path::Path, user: &User) {
+    if accounts::username_key(&user.username) == bootstrap::ADMIN_USERNAME {
+        let path = data_dir.join(INITIAL_PASSWORD_FILE);
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(file = %path.display(), "removed the initial admin password file"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(file = %path.display(), error = %e, "could not remove the initial admin password file"),
+        }
+    }
+}
+
+impl Auth {
+    /// Takes a login attempt from the per-IP and per-(user, IP) buckets.
+    pub fn check_login_rate(&self, username: &str, ip: IpAddr) -> Result<(), AuthError> {
+        self.inner.login_ip_limit.check(&ip).map_err(AuthError::RateLimited)?;
+        self.inner
+            .login_user_limit
+            .check(&(accounts::username_key(username), ip))
+            .map_err(AuthError::RateLimited)
+    }
+
+    fn issue(&self, user_id: i64, sid: &str, refresh_token: String) -> Result<TokenPair, AuthError> {
+        let now = chrono::Utc::now().timestamp();
+        let ttl = self.inner.cfg.access_token_ttl.as_secs().max(1);
+        let claims = jwt::Claims {
+            sub: user_id.to_string(),
+            sid: sid.to_owned(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            iat: now,
+            exp: now + ttl as i64,
+            typ: "access".into(),
+        };
+        Ok(TokenPair {
+            access_token: self.inner.signer.sign(&claims)?,
+            refresh_token,
+            token_type: "Bearer",
+            expires_in: ttl,
+            session_id: sid.to_owned(),
+        })
+    }
+
+    /// Opens a session for a verified user inside `tx`; returns its id and refresh token.
+    fn open_session_tx(
+        tx: &mut WriteTx<'_>,
+        user_id: i64,
+        session_ttl_ms: i64,
+        ip: &str,
+        user_agent: &str,
+    ) -> Result<(String, String), StoreError> {
+        let sid = uuid::Uuid::new_v4().to_string();
+        let refresh = secrets::random_token(REFRESH_PREFIX, 32);
+        let now = now_ms();
+        accounts::insert_session(tx.conn(), &sid, user_id, now + session_ttl_ms, ip, user_agent)?;
+        accounts::insert_refresh(tx.conn(), &secrets::digest(&refresh), &sid, now)?;
+        Ok((sid, refresh))
+    }
+
+    fn session_ttl_ms(&self) -> i64 {
+        self.inner.cfg.refresh_token_ttl.as_millis() as i64
+    }
+
+    /// Checks a username and password; on success opens a session.
+    pub async fn login(
+        &self,
+        username: &str,
+        pw: String,
+        ip: IpAddr,
+        user_agent: &str,
+    ) -> Result<(TokenPair, User), AuthError> {
+        let name = username.to_owned();
+        let found = self.inner.store.read(move |c| accounts::find_login(c, &name)).await?;
+        let stored = found.as_ref().map(|(_, h)| h.clone());
+        let needs_rehash = stored.as_deref().is_some_and(password::needs_rehash);
+        let ok = self.inner.hasher.verify(pw.clone(), stored).await?;
+        let attempted: String = username.chars().take(MAX_USERNAME).collect();
+        let actor = Actor {
+            name: attempted.clone(),
+            ip: ip.to_string(),
+        };
+        let user = match found {
+            Some((user, _)) if ok && !user.disabled => user,
+            other => {
+                let why = match other {
+                    None => "no such user",
+                    Some((u, _)) if u.disabled && ok => "account disabled",
+                    Some(_) => "wrong password",
+                };
+                tracing::info!(username = %attempted, client_ip = %ip, "login failed");
+                let detail = json!({"reason": why});
+                let _ = self
+                    .inner
+                    .store
+                    .write(move |tx| audit::record(tx, &actor, "auth.login_failed", &format!("user:{attempted}"), detail))
+                    .await;
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
+        let rehash = if needs_rehash {
+            Some(self.inner.hasher.hash(pw).await?)
+        } else {
+            None
+        };
+        let ttl = self.session_ttl_ms();
+        let ua: String = user_agent.chars().take(MAX_USER_AGENT).collect();
+        let user_id = user.id;
+        let ip_text = ip.to_string();
+        let ((sid, refresh), _) = self
+            .inner
+            .store
+            .write(move |tx| {
+                if let Some(h) = &rehash {
+                    accounts::set_password_hash(tx.conn(), user_id, h, false)?;
+                }
+                accounts::touch_login(tx.conn(), user_id)?;
+                let opened = Self::open_session_tx(tx, user_id, ttl, &ip_text, &ua)?;
+                audit::record(
+                    tx,
+                    &actor,
+                    "auth.login",
+                    &format!("user/{user_id}"),
+                    json!({"session_id": opened.0, "rehashed": rehash.is_some()}),
+                )?;
+                Ok(opened)
+            })
+            .await?;
+        self.inner.index.write().sessions.insert(Arc::from(sid.as_str()), user_id);
+        tracing::info!(user_id, username = %user.username, client_ip = %ip, "login");
+        let pair = self.issue(user_id, &sid, refresh)?;
+        Ok((pair, user))
+    }
+
+    /// Exchanges a refresh token for a new pair. A token used twice revokes its
+    /// whole session (someone else has a copy) and closes its sockets.
+    pub async fn refresh(&self, token: &str, ip: IpAddr) -> Result<TokenPair, AuthError> {
+        if !token.starts_with(REFRESH_PREFIX) {
+            return Err(AuthError::InvalidToken);
+        }
+        let hash = secrets::digest(token);
+        let next = secrets::random_token(REFRESH_PREFIX, 32);
+        let next_hash = secrets::digest(&next);
+        let ip_text = ip.to_string();
+        enum Outcome {
+            Rotated(String, i64),
+            Reused(String),
+            Refused(AuthError),
+        }
+        let disabled: std::collections::HashSet<i64> = self
+            .inner
+            .index
+            .read()
+            .users
+            .iter()
+            .filter(|(_, u)| u.disabled)
+            .map(|(id, _)| *id)
+            .collect();
+        let (outcome, _) = self
+            .inner
+            .store
+            .write(move |tx| {
+                let now = now_ms();
+                let Some(found) = accounts::find_refresh(tx.conn(), &hash)? else {
+                    return Ok(Outcome::Refused(AuthError::InvalidToken));
+                };
+                if found.session_revoked || found.expires_ms <= now || disabled.contains(&found.user_id) {
+                    return Ok(Outcome::Refused(AuthError::Revoked));
+                }
+                if found.used {
+                    accounts::revoke_session(tx.conn(), &found.session_id, "refresh token reused")?;
+                    audit::record(
+                        tx,
+                        &Actor {
+                            name: format!("user/{}", found.user_id),
+                            ip: ip_text,
+                        },
+                        "auth.refresh_reused",
+                        &format!("session/{}", found.session_id),
+                        json!({"action": "session revoked"}),
+                    )?;
+                    return Ok(Outcome::Reused(found.session_id));
+                }
+                accounts::use_refresh(tx.conn(), &hash, &found.session_id, now)?;
+                accounts::insert_refresh(tx.conn(), &next_hash, &found.session_id, now)?;
+                Ok(Outcome::Rotated(found.session_id, found.user_id))
+            })
+            .await?;
+        match outcome {
+            Outcome::Rotated(sid, user_id) => self.issue(user_id, &sid, next),
+            Outcome::Reused(sid) => {
+                tracing::warn!(session_id = %sid, client_ip = %ip, "refresh token reused; session revoked");
+                self.inner.index.write().sessions.remove(sid.as_str());
+                self.close_credential(&Credential::Session(Arc::from(sid)), "session revoked");
+                Err(AuthError::Revoked)
+            }
+            Outcome::Refused(e) => Err(e),
+        }
+    }
+
+    /// Revokes the caller's session and closes its sockets.
+    pub async fn logout(&self, p: &Principal, ip: IpAddr) -> Result<(), AuthError> {
+        let Credential::Session(sid) = p.credential.clone() else {
+            return Err(AuthError::Forbidden(
+                "an API key has no session to log out of; revoke it with DELETE /api/v1/auth/keys/{id}".into(),
+            ));
+        };
+        let actor = p.actor(ip);
+        let s = sid.to_string();
+        self.inner
+            .store
+            .write(move |tx| {
+                accounts::revoke_session(tx.conn(), &s, "logout")?;
+                audit::record(tx, &actor, "auth.logout", &format!("session/{s}"), json!({}))
+            })
+            .await?;
+        self.inner.index.write().sessions.remove(&*sid);
+        self.close_credential(&Credential::Session(sid), "logged out");
+        Ok(())
+    }
+
+    /// The caller's user record.
+    pub async fn user(&self, id: i64) -> Result<User, AuthError> {
+        Ok(self.inner.store.read(move |c| accounts::get_user(c, id)).await?)
+    }
+
+    /// Every user.
+    pub async fn list_users(&self) -> Result<Vec<User>, AuthError> {
+        Ok(self.inner.store.read(accounts::list_users).await?)
+    }
+
+    fn index_user(&self, user: &User) {
+        self.inner.index.write().users.insert(
+            user.id,
+            UserEntry {
+                username: Arc::from(user.username.as_str()),
+                role: user.role,
+                disabled: user.disabled,
+            },
+        );
+    }
+
+    /// Drops revoked sessions from the index and closes the user's sockets.
+    fn after_revocation(&self, user_id: i64, revoked: &[String], reason: &str) {
+        {
+            let mut index = self.inner.index.write();
+            for sid in revoked {
+                index.sessions.remove(sid.as_str());
+            }
+        }
+        self.close_user(user_id, reason);
+    }
+
+    /// Creates a user.
+    pub async fn create_user(&self, actor: Actor, username: String, pw: String, role: Role) -> Result<User, AuthError> {
+        check_username(&username)?;
+        check_password("password", &pw)?;
+        let hash = self.inner.hasher.hash(pw).await?;
+        let (user, _) = self
+            .inner
+            .store
+            .write(move |tx| create_user_tx(tx, &actor, &username, &hash, role))
+            .await?;
+        self.index_user(&user);
+        Ok(user)
+    }
+
+    /// Changes a user's role and/or disabled flag; revokes their sessions and
+    /// closes their sockets when anything changed.
+    pub async fn update_user(
+        &self,
+        actor: Actor,
+        id: i64,
+        role: Option<Role>,
+        disabled: Option<bool>,
+    ) -> Result<User, AuthError> {
+        let ((user, revoked), _) = self
+            .inner
+            .store
+            .write(move |tx| update_user_tx(tx, &actor, id, role, disabled))
+            .await?;
+        self.index_user(&user);
+        if !revoked.is_empty() || user.disabled {
+            self.after_revocation(id, &revoked, "account changed");
+        } else {
+            // A role change with no live session still ends key sockets.
+            self.close_user(id, "account changed");
+        }
+        Ok(user)
+    }
+
+    /// An admin sets another user's password.
+    pub async fn reset_password(&self, actor: Actor, id: i64, pw: String) -> Result<User, AuthError> {
+        check_password("password", &pw)?;
+        let hash = self.inner.hasher.hash(pw).await?;
+        let ((user, revoked), _) = self
+            .inner
+            .store
+            .write(move |tx| set_password_tx(tx, &actor, id, &hash, "user.password_reset"))
+            .await?;
+        self.after_revocation(id, &revoked, "password changed");
+        forget_initial_password(&self.inner.data_dir, &user);
+        Ok(user)
+    }
+
+    /// A user changes their own password: every session (this one included) is
+    /// revoked and every socket closed; a fresh session is returned.
+    pub async fn change_own_password(
+        &self,
+        p: &Principal,
+        ip: IpAddr,
+        current: String,
+        new: String,
+        user_agent: &str,
+    ) -> Result<TokenPair, AuthError> {
+        if !matches!(p.credential, Credential::Session(_)) {
+            return Err(AuthError::Forbidden("log in with a password to change it (not with an API key)".into()));
+        }
+        check_password("new_password", &new)?;
+        let id = p.user_id;
+        let stored = self.inner.store.read(move |c| accounts::password_hash(c, id)).await?;
+        if !self.inner.hasher.verify(current, Some(stored)).await? {
+            return Err(AuthError::Invalid {
+                field: "current_password",
+                message: "is not the current password".into(),
+            });
+        }
+        let hash = self.inner.hasher.hash(new).await?;
+        let actor = p.actor(ip);
+        let ttl = self.session_ttl_ms();
+        let ua: String = user_agent.chars().take(MAX_USER_AGENT).collect();
+        let ip_text = ip.to_string();
+        let ((user, revoked, sid, refresh), _) = self
+            .inner
+            .store
+            .write(move |tx| {
+                let (user, revoked) = set_password_tx(tx, &actor, id, &hash, "user.password_change")?;
+                let (sid, refresh) = Self::open_session_tx(tx, id, ttl, &ip_text, &ua)?;
+                Ok((user, revoked, sid, refresh))
+            })
+            .await?;
+        self.after_revocation(id, &revoked, "password changed");
+        self.inner.index.write().sessions.insert(Arc::from(sid.as_str()), id);
+        forget_initial_password(&self.inner.data_dir, &user);
+        self.issue(id, &sid, refresh)
+    }
+
+    /// Creates an API key owned by the caller, with a role no higher than theirs.
+    pub async fn create_key(
+        &self,
+        p: &Principal,
+        ip: IpAddr,
+        name: String,
+        role: Option<Role>,
+    ) -> Result<KeyCreated, AuthError> {
+        if !matches!(p.credential, Credential::Session(_)) {
+            return Err(AuthError::Forbidden("API keys are created by a logged-in user, not by another key".into()));
+        }
+        let name = name.trim().to_owned();
+        if name.is_empty() || name.chars().count() > MAX_KEY_NAME || name.chars().any(char::is_control) {
+            return Err(AuthError::Invalid {
+                field: "name",
+                message: format!("must be 1 to {MAX_KEY_NAME} characters without control characters"),
+            });
+        }
+        let role = role.unwrap_or(p.role);
+        if role > p.role {
+            return Err(AuthError::Forbidden(format!(
+                "a key's role cannot exceed its creator's ({})",
+                p.role.as_str()
+            )));
+        }
+        let secret = secrets::random_token(KEY_PREFIX, 32);
+        let digest = secrets::digest(&secret);
+        // Enough to recognise a key in a list, far too little to guess the rest.
+        let prefix: String = secret.chars().take(KEY_PREFIX.len() + 6).collect();
+        let actor = p.actor(ip);
+        let user_id = p.user_id;
+        let d = digest.clone();
+        let (record, _) = self
+            .inner
+            .store
+            .write(move |tx| {
+                let key = accounts::insert_key(tx.conn(), user_id, &name, role, &prefix, &d)?;
+                audit::record(
+                    tx,
+                    &actor,
+                    "key.create",
+                    &format!("key/{}", key.id),
+                    json!({"name": key.name, "role": key.role, "prefix": key.prefix}),
+                )?;
+                Ok(key)
+            })
+            .await?;
+        self.inner.index.write().keys.insert(
+            digest,
+            KeyEntry {
+                id: record.id,
+                user_id,
+                role,
+            },
+        );
+        Ok(KeyCreated { record, key: secret })
+    }
+
+    /// Keys the caller may see: all for admins, their own otherwise.
+    pub async fn list_keys(&self, p: &Principal) -> Result<Vec<ApiKey>, AuthError> {
+        let owner = (!p.is_admin()).then_some(p.user_id);
+        Ok(self.inner.store.read(move |c| accounts::list_keys(c, owner)).await?)
+    }
+
+    /// Revokes a key (its owner or an admin) and closes the sockets using it.
+    pub async fn revoke_key(&self, p: &Principal, ip: IpAddr, id: i64) -> Result<ApiKey, AuthError> {
+        let key = self.inner.store.read(move |c| accounts::get_key(c, id)).await?;
+        if key.user_id != p.user_id && !p.is_admin() {
+            // Not the caller's: answer as if it did not exist.
+            return Err(AuthError::Store(StoreError::NotFound(format!("API key {id}"))));
+        }
+        let actor = p.actor(ip);
+        let (record, _) = self
+            .inner
+            .store
+            .write(move |tx| {
+                let was_valid = accounts::get_key(tx.conn(), id)?.revoked_at.is_none();
+                let key = accounts::revoke_key(tx.conn(), id)?;
+                if was_valid {
+                    audit::record(
+                        tx,
+                        &actor,
+                        "key.revoke",
+                        &format!("key/{id}"),
+                        json!({"name": key.name, "prefix": key.prefix}),
+                    )?;
+                }
+                Ok(key)
+            })
+            .await?;
+        self.inner.index.write().keys.retain(|_, k| k.id != id);
+        self.close_credential(&Credential::Key(id), "API key revoked");
+        Ok(record)
+    }
+}
