@@ -1,9 +1,11 @@
 //! Binding, accepting TCP connections and serving HTTP/1.1 on them.
 
 mod accept;
+pub(crate) mod tls;
 
 pub use accept::MAX_HEADER_BYTES;
 pub(crate) use accept::serve;
+pub use tls::{TlsError, load_acceptor};
 
 use std::net::SocketAddr;
 
