@@ -5,6 +5,7 @@
 mod bench;
 mod client;
 mod db;
+mod user;
 mod watch;
 
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Back up, restore or check the database; benchmark event appends.
     Db(db::DbArgs),
+    /// Manage user accounts in the data dir (server stopped).
+    User(user::UserArgs),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +41,7 @@ fn main() -> ExitCode {
         Command::Watch(args) => report(watch::run(args)),
         Command::Bench(args) => report(bench::run(args)),
         Command::Db(args) => db::main(args),
+        Command::User(args) => user::main(args),
     }
 }
 
