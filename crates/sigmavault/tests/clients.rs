@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use common::{Server, Spawned, WAIT, command, http_get, http_post_json, run_to_exit};
+use common::{Server, Spawned, WAIT, command, http_get, http_get_as, http_post_json_as, run_to_exit};
 
 /// Fast keep-alive so dead links are noticed quickly; the watch client derives its own
 /// idle limit from the welcome.
@@ -25,13 +25,14 @@ fn ws_url(addr: SocketAddr) -> String {
 }
 
 /// Publishes a batch of `custom.*` events and returns the seqs the server assigned.
-fn publish(addr: SocketAddr, events: &[(&str, Value)]) -> Vec<u64> {
+fn publish(srv: &Server, events: &[(&str, Value)]) -> Vec<u64> {
     let events: Vec<Value> = events
         .iter()
         .map(|(kind, data)| json!({"type": kind, "data": data}))
         .collect();
     let body = json!({ "events": events }).to_string();
-    let (status, reply) = http_post_json(addr, "/api/v1/events", &body, WAIT).expect("POST /api/v1/events");
+    let (status, reply) =
+        http_post_json_as(srv.addr, "/api/v1/events", &body, srv.token(), WAIT).expect("POST /api/v1/events");
     assert_eq!(status, 202, "{reply}");
     let reply: Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("publish reply {reply:?}: {e}"));
     reply["seqs"]
@@ -43,8 +44,8 @@ fn publish(addr: SocketAddr, events: &[(&str, Value)]) -> Vec<u64> {
 }
 
 /// Publishes one `custom.test` event `{"n": n}` and returns its seq.
-fn publish_n(addr: SocketAddr, n: u64) -> u64 {
-    let seqs = publish(addr, &[("custom.test", json!({ "n": n }))]);
+fn publish_n(srv: &Server, n: u64) -> u64 {
+    let seqs = publish(srv, &[("custom.test", json!({ "n": n }))]);
     assert_eq!(seqs.len(), 1);
     seqs[0]
 }
@@ -56,11 +57,13 @@ fn server_epoch(addr: SocketAddr) -> String {
     info["epoch"].as_str().expect("epoch").to_owned()
 }
 
-/// `sigmavault watch --url ws://ADDR/ws --json --types custom.*` plus `extra`.
-fn watch(addr: SocketAddr, extra: &[&str]) -> Spawned {
+/// `sigmavault watch --url ws://ADDR/ws --json --types custom.*` plus `extra`, with
+/// `token` in `SIGMAVAULT_TOKEN`.
+fn watch(addr: SocketAddr, token: &str, extra: &[&str]) -> Spawned {
     let mut cmd = command(common::bin());
     cmd.args(["watch", "--url", &ws_url(addr), "--json", "--types", "custom.*"])
-        .args(extra);
+        .args(extra)
+        .env("SIGMAVAULT_TOKEN", token);
     Spawned::spawn(cmd)
 }
 
@@ -118,11 +121,11 @@ fn interrupt(w: &mut Spawned) {
 #[test]
 fn watch_prints_one_json_line_per_message_with_custom_events_in_order() {
     let srv = start_server(&[]);
-    let mut w = watch(srv.addr, &[]);
+    let mut w = watch(srv.addr, srv.token(), &[]);
     wait_subscribed(&mut w, 1);
 
     for n in 1..=3 {
-        assert_eq!(publish_n(srv.addr, n), n, "a fresh server numbers events from 1");
+        assert_eq!(publish_n(&srv, n), n, "a fresh server numbers events from 1");
     }
     let lines = wait_events(&mut w, 3);
     assert_eq!(custom_events(&lines), vec![(1, 1), (2, 2), (3, 3)], "{}", w.output());
@@ -157,10 +160,10 @@ fn watch_resumes_across_a_server_restart_with_the_durable_history() {
     let mut srv = start_server(&[]);
     let port = srv.addr.port();
     let epoch = server_epoch(srv.addr);
-    let mut w = watch(srv.addr, &[]);
+    let mut w = watch(srv.addr, srv.token(), &[]);
     wait_subscribed(&mut w, 1);
     for n in 1..=3 {
-        publish_n(srv.addr, n);
+        publish_n(&srv, n);
     }
     wait_events(&mut w, 3);
 
@@ -175,9 +178,9 @@ fn watch_resumes_across_a_server_restart_with_the_durable_history() {
     // back are replayed from the database on its resume.
     let srv2 = Server::start_on_port(port, Some(srv.data_dir()), &KEEPALIVE, Duration::from_secs(5));
     assert_eq!(server_epoch(srv2.addr), epoch, "the durable history keeps its epoch");
-    assert_eq!(publish_n(srv2.addr, 4), 4, "seq continues after a restart");
+    assert_eq!(publish_n(&srv2, 4), 4, "seq continues after a restart");
     wait_events(&mut w, 4);
-    assert_eq!(publish_n(srv2.addr, 5), 5);
+    assert_eq!(publish_n(&srv2, 5), 5);
     let lines = wait_events(&mut w, 5);
     assert_eq!(
         custom_events(&lines),
@@ -199,10 +202,10 @@ fn watch_reconnects_after_a_memory_history_restart_and_reports_the_reset() {
     let mut srv = start_server(&["--history-store", "memory"]);
     let port = srv.addr.port();
     let old_epoch = server_epoch(srv.addr);
-    let mut w = watch(srv.addr, &[]);
+    let mut w = watch(srv.addr, srv.token(), &[]);
     wait_subscribed(&mut w, 1);
     for n in 1..=3 {
-        publish_n(srv.addr, n);
+        publish_n(&srv, n);
     }
     wait_events(&mut w, 3);
 
@@ -244,7 +247,7 @@ fn watch_reconnects_after_a_memory_history_restart_and_reports_the_reset() {
     // The reset came after the new subscription took effect: new events flow.
     wait_subscribed(&mut w, 2);
     for n in 4..=5 {
-        publish_n(srv2.addr, n);
+        publish_n(&srv2, n);
     }
     let lines = wait_events(&mut w, 5);
     assert_eq!(
@@ -270,20 +273,20 @@ fn watch_reconnects_after_a_memory_history_restart_and_reports_the_reset() {
 fn watch_since_replays_history_then_goes_live_without_duplicates() {
     let srv = start_server(&[]);
     for n in 1..=5 {
-        publish_n(srv.addr, n);
+        publish_n(&srv, n);
     }
     let epoch = server_epoch(srv.addr);
-    let mut w = watch(srv.addr, &["--since", "0", "--epoch", &epoch]);
+    let mut w = watch(srv.addr, srv.token(), &["--since", "0", "--epoch", &epoch]);
     // Race the connection: these land before, between or after the welcome, the
     // subscribe and the resume; each must be printed exactly once, in order.
     for n in 6..=10 {
-        publish_n(srv.addr, n);
+        publish_n(&srv, n);
     }
     let stderr = w.wait_stderr("the resumed notice", WAIT, |l| l.iter().any(|l| l.contains("resumed:")));
     let notice = stderr.iter().find(|l| l.contains("resumed:")).expect("resumed");
     assert!(notice.contains("after seq 0"), "{notice:?}");
     for n in 11..=13 {
-        publish_n(srv.addr, n);
+        publish_n(&srv, n);
     }
     let lines = wait_events(&mut w, 13);
     let expected: Vec<(u64, u64)> = (1..=13).map(|n| (n, n)).collect();
@@ -314,7 +317,7 @@ fn watch_since_replays_history_then_goes_live_without_duplicates() {
 fn watch_resumes_exactly_after_a_slow_consumer_close() {
     // Default keep-alive (30 s), so the pause cannot end in a 4000 instead.
     let srv = Server::start(&[], &["--ws-queue", "4", "--ws-send-buffer", "4KiB"]);
-    let mut w = watch(srv.addr, &[]);
+    let mut w = watch(srv.addr, srv.token(), &[]);
     wait_subscribed(&mut w, 1);
 
     common::signal(w.pid(), "STOP");
@@ -324,7 +327,7 @@ fn watch_resumes_exactly_after_a_slow_consumer_close() {
         let events: Vec<(&str, Value)> = (0..20u64)
             .map(|i| ("custom.test", json!({"n": batch * 20 + i + 1, "pad": pad})))
             .collect();
-        publish(srv.addr, &events);
+        publish(&srv, &events);
     }
     common::signal(w.pid(), "CONT");
 
@@ -356,25 +359,34 @@ fn watch_resumes_exactly_after_a_slow_consumer_close() {
         "no frame came twice: {}",
         w.stderr().join("\n")
     );
-    let (_, hub) = http_get(srv.addr, "/api/v1/hub", WAIT).expect("GET /api/v1/hub");
+    let (_, hub) = http_get_as(srv.addr, "/api/v1/hub", srv.token(), WAIT).expect("GET /api/v1/hub");
     assert!(hub.contains(r#""dropped_by_close":1"#), "{hub}");
 }
 
 /// Started before the server: watch keeps retrying, then connects by itself.
 #[test]
 fn watch_waits_for_a_server_that_is_not_up_yet() {
+    // Watch needs its key before the server is up: make one in a first run on the
+    // data directory the server will start with (keys are kept in the database).
+    let data = tempfile::tempdir().expect("tempdir");
+    let token = {
+        let mut first = Server::start_on_port(0, Some(data.path()), &[], WAIT);
+        let token = first.token().to_owned();
+        assert_eq!(first.terminate().code(), Some(0), "log:\n{}", first.log());
+        token
+    };
     let port = common::free_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut w = watch(addr, &[]);
+    let mut w = watch(addr, &token, &[]);
     w.wait_stderr("two failed attempts", WAIT, |l| {
         l.iter()
             .filter(|l| l.contains("connect failed") && l.contains("reconnecting in"))
             .count()
             >= 2
     });
-    let srv = Server::start_on_port(port, None, &KEEPALIVE, Duration::from_secs(5));
+    let srv = Server::start_on_port(port, Some(data.path()), &KEEPALIVE, Duration::from_secs(5));
     wait_subscribed(&mut w, 1);
-    assert_eq!(publish_n(srv.addr, 1), 1);
+    assert_eq!(publish_n(&srv, 1), 1);
     let lines = wait_events(&mut w, 1);
     assert_eq!(custom_events(&lines), vec![(1, 1)]);
     interrupt(&mut w);
@@ -431,7 +443,7 @@ fn watch_rejects_a_non_ws_url_at_once() {
 #[test]
 fn watch_exits_0_on_sigint_quietly() {
     let srv = start_server(&[]);
-    let mut w = watch(srv.addr, &[]);
+    let mut w = watch(srv.addr, srv.token(), &[]);
     wait_subscribed(&mut w, 1);
     w.wait_stderr("the connected notice", WAIT, |l| !l.is_empty());
 
@@ -450,7 +462,7 @@ fn watch_exits_0_on_sigint_quietly() {
     // The server saw a normal close and has no client left.
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        let (_, body) = http_get(srv.addr, "/api/v1/hub", WAIT).expect("GET /api/v1/hub");
+        let (_, body) = http_get_as(srv.addr, "/api/v1/hub", srv.token(), WAIT).expect("GET /api/v1/hub");
         let hub: Value = serde_json::from_str(&body).expect("hub is JSON");
         if hub["clients"] == 0 {
             break;
@@ -470,7 +482,7 @@ fn bench_reports_exact_delivery_and_closes_slow_clients_with_4008() {
     let pid = srv.pid().to_string();
     let url = ws_url(srv.addr);
     let mut cmd = command(common::bin());
-    cmd.args(["bench", "--url", &url])
+    cmd.args(["bench", "--url", &url, "--token", srv.token()])
         .args(["--clients", "50", "--burst", "20", "--rounds", "3", "--batch", "20"])
         .args(["--rate", "20", "--duration", "1s", "--probes", "2", "--slow", "2"])
         .args(["--size", "1000", "--deadline", "2m", "--json", "--server-pid", &pid]);

@@ -31,7 +31,10 @@ fn prints_the_listening_line_and_serves_health() {
 async fn sigterm_closes_websockets_with_1001_and_exits_0() {
     let mut srv = Server::start(&[], &[]);
     let url = format!("ws://{}/ws", srv.addr);
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.expect("ws connect");
+    let token = srv.token().to_owned();
+    let (mut ws, _) = tokio_tungstenite::connect_async(common::ws_request(&url, &token))
+        .await
+        .expect("ws connect");
     let welcome = tokio::time::timeout(WAIT, ws.next()).await.expect("welcome in time");
     assert!(
         matches!(welcome, Some(Ok(Message::Text(ref t))) if t.contains(r#""type":"welcome""#)),

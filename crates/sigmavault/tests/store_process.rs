@@ -19,7 +19,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{Finished, Server, WAIT, command, http_get, http_post_json, run_to_exit};
+use common::{Finished, Server, WAIT, command, http_get, http_get_as, http_post_json_as, run_to_exit};
 
 /// The exit status of `serve` when the database cannot be used (EX_IOERR).
 const EXIT_STORE: i32 = 74;
@@ -133,16 +133,22 @@ fn seqs_of(reply: &str) -> Vec<u64> {
         .collect()
 }
 
-/// POSTs `body` to /api/v1/events and expects 202; the assigned seqs.
-fn publish(addr: SocketAddr, body: &str) -> Vec<u64> {
-    let (status, reply) = http_post_json(addr, "/api/v1/events", body, WAIT).expect("POST /api/v1/events");
+/// POSTs `body` to /api/v1/events with `token` and expects 202; the assigned seqs.
+fn publish_as(addr: SocketAddr, token: &str, body: &str) -> Vec<u64> {
+    let (status, reply) = http_post_json_as(addr, "/api/v1/events", body, token, WAIT).expect("POST /api/v1/events");
     assert_eq!(status, 202, "{reply}");
     seqs_of(&reply)
 }
 
+/// POSTs `body` to the server's /api/v1/events and expects 202; the assigned seqs.
+fn publish(srv: &Server, body: &str) -> Vec<u64> {
+    publish_as(srv.addr, srv.token(), body)
+}
+
 /// Titles of all notifications, newest first.
-fn notification_titles(addr: SocketAddr) -> Vec<String> {
-    let (status, body) = http_get(addr, "/api/v1/notifications?limit=500", WAIT).expect("GET notifications");
+fn notification_titles(srv: &Server) -> Vec<String> {
+    let (status, body) =
+        http_get_as(srv.addr, "/api/v1/notifications?limit=500", srv.token(), WAIT).expect("GET notifications");
     assert_eq!(status, 200, "{body}");
     let page: Value = serde_json::from_str(&body).expect("notifications are JSON");
     page["notifications"]
@@ -195,14 +201,15 @@ fn label(event: &Value) -> String {
 }
 
 /// Connects with `?types=*&epoch=E&since=N` and reads until `resumed` or `reset`.
-fn resume(addr: SocketAddr, epoch: &str, since: u64) -> Replay {
-    let url = format!("ws://{addr}/ws?types=*&epoch={epoch}&since={since}");
+fn resume(srv: &Server, epoch: &str, since: u64) -> Replay {
+    let url = format!("ws://{}/ws?types=*&epoch={epoch}&since={since}", srv.addr);
+    let request = common::ws_request(&url, srv.token());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
     let msgs: Vec<Value> = rt.block_on(async {
-        let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(&url))
+        let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(request))
             .await
             .expect("ws connect in time")
             .expect("ws connect");
@@ -293,8 +300,8 @@ fn real_database(tmp: &Path) -> Vec<u8> {
     let mut srv = start(&dir);
     for round in 0..4 {
         let labels: Vec<String> = (0..25).map(|i| format!("src-{round}-{i}")).collect();
-        publish(srv.addr, &batch_body(&labels));
-        publish(srv.addr, &notification_body(&format!("source {round}")));
+        publish(&srv, &batch_body(&labels));
+        publish(&srv, &notification_body(&format!("source {round}")));
     }
     stop(&mut srv);
     let file = tmp.join("source-backup.db");
@@ -338,7 +345,7 @@ fn acknowledged_writes_survive_kill_9_right_after_the_reply() {
 
     for round in 0..5 {
         let labels: Vec<String> = (0..4).map(|i| format!("r{round}-e{i}")).collect();
-        let seqs = publish(srv.addr, &batch_body(&labels));
+        let seqs = publish(&srv, &batch_body(&labels));
         kill_9(&mut srv);
         let first = next(&acked);
         assert_eq!(seqs, (first..first + 4).collect::<Vec<_>>(), "round {round}");
@@ -351,7 +358,7 @@ fn acknowledged_writes_survive_kill_9_right_after_the_reply() {
             "round {round}: the epoch survives kill -9"
         );
         let title = format!("t{round}");
-        let seqs = publish(srv.addr, &notification_body(&title));
+        let seqs = publish(&srv, &notification_body(&title));
         kill_9(&mut srv);
         assert_eq!(seqs, vec![next(&acked)], "round {round}: seq continues after kill -9");
         acked.push((seqs[0], title.clone()));
@@ -359,13 +366,13 @@ fn acknowledged_writes_survive_kill_9_right_after_the_reply() {
 
         srv = start(&dir);
         assert_eq!(server_epoch(srv.addr), epoch, "round {round}");
-        let listed = notification_titles(srv.addr);
+        let listed = notification_titles(&srv);
         let mut expected = titles.clone();
         expected.reverse();
         assert_eq!(listed, expected, "round {round}: every acknowledged notification, once");
     }
 
-    let replay = resume(srv.addr, &epoch, 0);
+    let replay = resume(&srv, &epoch, 0);
     assert_eq!(replay.welcome["data"]["epoch"], epoch.as_str(), "{}", replay.welcome);
     assert_eq!(
         replay.welcome["data"]["seq"],
@@ -382,7 +389,7 @@ fn acknowledged_writes_survive_kill_9_right_after_the_reply() {
     let kinds: Vec<&str> = replay.events.iter().map(kind).collect();
     assert_eq!(kinds.iter().filter(|k| **k == "notification").count(), 5, "{kinds:?}");
 
-    let seq = publish(srv.addr, &batch_body(&["after".to_owned()]));
+    let seq = publish(&srv, &batch_body(&["after".to_owned()]));
     assert_eq!(seq, vec![next(&acked)]);
     stop(&mut srv);
 }
@@ -398,6 +405,7 @@ struct Attempt {
 /// Publishes from `threads` threads until the server stops answering; returns every attempt.
 fn publishers(
     addr: SocketAddr,
+    token: &str,
     round: usize,
     threads: usize,
     acks: Arc<AtomicUsize>,
@@ -405,6 +413,7 @@ fn publishers(
     (0..threads)
         .map(|t| {
             let acks = acks.clone();
+            let token = token.to_owned();
             thread::spawn(move || {
                 let mut attempts = Vec::new();
                 for k in 0.. {
@@ -417,7 +426,7 @@ fn publishers(
                         let body = batch_body(&labels);
                         (labels, body)
                     };
-                    let outcome = http_post_json(addr, "/api/v1/events", &body, Duration::from_secs(10));
+                    let outcome = http_post_json_as(addr, "/api/v1/events", &body, &token, Duration::from_secs(10));
                     let seqs = match outcome {
                         Ok((202, reply)) => Some(seqs_of(&reply)),
                         // A live server must not refuse a valid publish.
@@ -466,7 +475,7 @@ fn concurrent_publishers_racing_kill_9_lose_nothing_acknowledged() {
             "round {round}: same epoch"
         );
         let acks = Arc::new(AtomicUsize::new(0));
-        let handles = publishers(srv.addr, round, THREADS, acks.clone());
+        let handles = publishers(srv.addr, srv.token(), round, THREADS, acks.clone());
         let deadline = Instant::now() + LONG;
         while acks.load(Ordering::SeqCst) < ACKS_PER_ROUND {
             assert!(srv.is_running(), "round {round}: the server died; log:\n{}", srv.log());
@@ -484,7 +493,7 @@ fn concurrent_publishers_racing_kill_9_lose_nothing_acknowledged() {
     let srv = start(&dir);
     let epoch = epoch.expect("epoch");
     assert_eq!(server_epoch(srv.addr), epoch);
-    let replay = resume(srv.addr, &epoch, 0);
+    let replay = resume(&srv, &epoch, 0);
     assert_eq!(kind(&replay.end), "resumed", "{}", replay.end);
     let head = replay.welcome["data"]["seq"].as_u64().expect("welcome seq");
     assert_eq!(
@@ -542,7 +551,7 @@ fn concurrent_publishers_racing_kill_9_lose_nothing_acknowledged() {
          ({committed_unanswered} of those committed anyway), {head} events stored"
     );
 
-    let listed: HashSet<String> = notification_titles(srv.addr).into_iter().collect();
+    let listed: HashSet<String> = notification_titles(&srv).into_iter().collect();
     for a in attempts.iter().filter(|a| a.notification && a.seqs.is_some()) {
         assert!(
             listed.contains(&a.labels[0]),
@@ -550,7 +559,7 @@ fn concurrent_publishers_racing_kill_9_lose_nothing_acknowledged() {
             a.labels[0]
         );
     }
-    let seqs = publish(srv.addr, &batch_body(&["after".to_owned()]));
+    let seqs = publish(&srv, &batch_body(&["after".to_owned()]));
     assert_eq!(seqs, vec![head + 1], "seq continues after the last stored event");
 }
 
@@ -610,7 +619,7 @@ fn a_damaged_database_stops_start_up_with_one_line_and_db_check_says_damaged() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     assert!(out.stdout.starts_with("ok: "), "{out:?}");
     let mut srv = start(&dir);
-    assert_eq!(notification_titles(srv.addr).len(), 4);
+    assert_eq!(notification_titles(&srv).len(), 4);
     stop(&mut srv);
 
     // Checked last, together, so one run reports every variant:
@@ -631,7 +640,7 @@ fn a_database_with_a_newer_schema_is_refused_naming_both_versions() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     let mut srv = start(&dir);
-    publish(srv.addr, &batch_body(&["one".to_owned()]));
+    publish(&srv, &batch_body(&["one".to_owned()]));
     stop(&mut srv);
     // A clean stop checkpoints, so the main file's header is the truth. With a WAL
     // left behind, page 1 could be newer there and a patch of the main file be lost.
@@ -701,18 +710,19 @@ fn backup_while_publishing_then_restore_gives_a_new_epoch_and_the_backed_up_hist
     let dir = tmp.path().join("data");
     let mut srv = start(&dir);
     let old_epoch = server_epoch(srv.addr);
-    publish(srv.addr, &notification_body("before the backup"));
+    publish(&srv, &notification_body("before the backup"));
 
     // A publisher keeps writing while the backup is taken.
     let acked: Arc<Mutex<BTreeMap<u64, String>>> = Arc::default();
     let halt = Arc::new(AtomicBool::new(false));
     let writer = {
         let (acked, halt, addr) = (acked.clone(), halt.clone(), srv.addr);
+        let token = srv.token().to_owned();
         thread::spawn(move || {
             let mut k = 0;
             while !halt.load(Ordering::SeqCst) || k < 20 {
                 let labels: Vec<String> = (0..5).map(|i| format!("b-{k}-{i}")).collect();
-                let seqs = publish(addr, &batch_body(&labels));
+                let seqs = publish_as(addr, &token, &batch_body(&labels));
                 acked.lock().expect("acked").extend(seqs.into_iter().zip(labels));
                 k += 1;
             }
@@ -732,7 +742,7 @@ fn backup_while_publishing_then_restore_gives_a_new_epoch_and_the_backed_up_hist
     assert!(backed_up >= 51, "the backup saw the writes so far: {out:?}");
     assert_eq!(mode(&file), 0o600, "a backup holds the same data: private");
     assert!(!with_suffix(&file, "-wal").exists(), "self-contained");
-    publish(srv.addr, &notification_body("after the backup"));
+    publish(&srv, &notification_body("after the backup"));
     let acked = acked.lock().expect("acked").clone();
     let last_acked = *acked.keys().last().expect("acked");
     assert!(last_acked > backed_up, "writes went on after the backup");
@@ -758,10 +768,7 @@ fn backup_while_publishing_then_restore_gives_a_new_epoch_and_the_backed_up_hist
     );
     assert!(srv.is_running());
     assert_eq!(server_epoch(srv.addr), old_epoch, "nothing was replaced");
-    assert_eq!(
-        publish(srv.addr, &batch_body(&["still".to_owned()])),
-        vec![last_acked + 2]
-    );
+    assert_eq!(publish(&srv, &batch_body(&["still".to_owned()])), vec![last_acked + 2]);
     stop(&mut srv);
 
     let out = db(&dir, &[os("restore"), file.as_os_str()]);
@@ -779,22 +786,22 @@ fn backup_while_publishing_then_restore_gives_a_new_epoch_and_the_backed_up_hist
 
     let mut srv = start(&dir);
     assert_eq!(server_epoch(srv.addr), new_epoch);
-    assert_eq!(notification_titles(srv.addr), vec!["before the backup".to_owned()]);
+    assert_eq!(notification_titles(&srv), vec!["before the backup".to_owned()]);
 
-    let reset = resume(srv.addr, &old_epoch, last_acked);
+    let reset = resume(&srv, &old_epoch, last_acked);
     assert_eq!(kind(&reset.end), "reset", "{}", reset.end);
     assert_eq!(reset.end["data"]["reason"], "epoch_mismatch", "{}", reset.end);
     assert_eq!(reset.end["data"]["epoch"], new_epoch.as_str(), "{}", reset.end);
     assert!(reset.events.is_empty(), "nothing replayed across epochs");
 
-    let replay = resume(srv.addr, &new_epoch, 0);
+    let replay = resume(&srv, &new_epoch, 0);
     assert_eq!(kind(&replay.end), "resumed", "{}", replay.end);
     assert_eq!(replay.welcome["data"]["seq"], backed_up, "{}", replay.welcome);
     let mut expected: Vec<(u64, String)> = vec![(1, "before the backup".to_owned())];
     expected.extend(acked.range(..=backed_up).map(|(s, l)| (*s, l.clone())));
     assert_eq!(replay.labelled(), expected, "exactly the backed-up events");
     assert_eq!(
-        publish(srv.addr, &batch_body(&["restored".to_owned()])),
+        publish(&srv, &batch_body(&["restored".to_owned()])),
         vec![backed_up + 1]
     );
     stop(&mut srv);
@@ -811,7 +818,7 @@ fn the_data_directory_is_private_and_held_by_one_server() {
     std::fs::create_dir(&dir).expect("mkdir");
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     let mut srv = start(&dir);
-    publish(srv.addr, &notification_body("private"));
+    publish(&srv, &notification_body("private"));
 
     assert_eq!(mode(&dir), 0o700, "the data directory is made private");
     let db_file = dir.join("sigmavault.db");
@@ -831,12 +838,12 @@ fn the_data_directory_is_private_and_held_by_one_server() {
     let line = assert_start_refused(&dir, &["another sigmavault process", "data directory"]);
     assert!(line.contains(&*dir.to_string_lossy()), "names the directory: {line:?}");
     assert!(srv.is_running(), "the first server is untouched");
-    assert_eq!(notification_titles(srv.addr), vec!["private".to_owned()]);
+    assert_eq!(notification_titles(&srv), vec!["private".to_owned()]);
     stop(&mut srv);
 
     // Once it is gone, the directory is free again.
     let mut srv = start(&dir);
-    assert_eq!(notification_titles(srv.addr), vec!["private".to_owned()]);
+    assert_eq!(notification_titles(&srv), vec!["private".to_owned()]);
     stop(&mut srv);
 }
 

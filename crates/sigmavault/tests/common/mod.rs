@@ -1,19 +1,41 @@
 //! Runs the real `sigmavault` binary as a child process and talks to it the way
 //! an operator's tools would: its stdout, its stderr, signals via `kill`, and
 //! HTTP over a plain socket.
+//!
+//! Test servers start with a known first-admin password ([`ADMIN_PASSWORD`]) and
+//! the rate limits and socket caps off; [`Server::token`] logs in as `admin` and
+//! creates an admin API key for the REST calls, sockets and client commands.
 #![allow(dead_code, unreachable_pub)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use serde_json::{Value, json};
+
 /// Generous functional deadline for "should happen" waits.
 pub const WAIT: Duration = Duration::from_secs(15);
+
+/// The first admin's password on every test server (`SIGMAVAULT_ADMIN_PASSWORD`).
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
+/// The environment of every test server: the first admin's password, and no rate
+/// limits or socket caps (tests open many sockets and requests from 127.0.0.1).
+/// Environment rather than flags, so a test's own flags still take precedence.
+pub const SERVER_ENV: [(&str, &str); 6] = [
+    ("SIGMAVAULT_ADMIN_PASSWORD", ADMIN_PASSWORD),
+    ("SIGMAVAULT_HTTP_RATE_LIMIT", "off"),
+    ("SIGMAVAULT_LOGIN_RATE_LIMIT", "off"),
+    ("SIGMAVAULT_LOGIN_USER_RATE_LIMIT", "off"),
+    ("SIGMAVAULT_WS_MAX_PER_IP", "0"),
+    ("SIGMAVAULT_WS_MAX_PER_USER", "0"),
+];
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -104,6 +126,8 @@ pub struct Server {
     /// Every stderr line so far (the log).
     pub stderr: Arc<Mutex<Vec<String>>>,
     data_dir: std::path::PathBuf,
+    /// An admin API key, made on first use.
+    token: OnceLock<String>,
     _data: tempfile::TempDir,
 }
 
@@ -143,6 +167,7 @@ impl Server {
             .args(["--port", &port.to_string(), "--data-dir"])
             .arg(data_dir.unwrap_or(data.path()))
             .args(args)
+            .envs(SERVER_ENV)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -181,12 +206,32 @@ impl Server {
             more_stdout: line_rx,
             stderr,
             data_dir: data_dir.map_or_else(|| data.path().to_owned(), Path::to_owned),
+            token: OnceLock::new(),
             _data: data,
         })
     }
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// An admin API key for this server: the one made earlier for the same data
+    /// directory if it still works (a restarted server keeps its keys), else a new
+    /// one (log in as `admin`, create a key).
+    pub fn token(&self) -> &str {
+        self.token.get_or_init(|| {
+            static KEYS: OnceLock<Mutex<HashMap<PathBuf, String>>> = OnceLock::new();
+            let keys = KEYS.get_or_init(Mutex::default);
+            let known = keys.lock().expect("keys").get(&self.data_dir).cloned();
+            if let Some(key) = known
+                && matches!(http_get_as(self.addr, "/api/v1/auth/me", &key, WAIT), Ok((200, _)))
+            {
+                return key;
+            }
+            let key = admin_key(self.addr);
+            keys.lock().expect("keys").insert(self.data_dir.clone(), key.clone());
+            key
+        })
     }
 
     /// The data directory the server runs with.
@@ -271,22 +316,7 @@ pub fn cpu_time_from_stat(stat: &str, ticks_per_sec: u64) -> Duration {
 
 /// One HTTP/1.1 GET over a fresh socket; the status code and body, or the I/O error.
 pub fn http_get(addr: SocketAddr, path: &str, within: Duration) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&addr, within)?;
-    s.set_read_timeout(Some(within))?;
-    s.set_write_timeout(Some(within))?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
-    let mut response = String::new();
-    s.read_to_string(&mut response)?;
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    http_request(addr, "GET", path, None, None, within)
 }
 
 /// Retries [`http_get`] until it answers or `within` passes.
@@ -442,15 +472,50 @@ impl Drop for Spawned {
 
 /// One HTTP/1.1 POST of a JSON body over a fresh socket; the status code and body.
 pub fn http_post_json(addr: SocketAddr, path: &str, body: &str, within: Duration) -> std::io::Result<(u16, String)> {
+    http_request(addr, "POST", path, None, Some(body), within)
+}
+
+/// [`http_post_json`] with `Authorization: Bearer <token>`.
+pub fn http_post_json_as(
+    addr: SocketAddr,
+    path: &str,
+    body: &str,
+    token: &str,
+    within: Duration,
+) -> std::io::Result<(u16, String)> {
+    http_request(addr, "POST", path, Some(token), Some(body), within)
+}
+
+/// [`http_get`] with `Authorization: Bearer <token>`.
+pub fn http_get_as(addr: SocketAddr, path: &str, token: &str, within: Duration) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, Some(token), None, within)
+}
+
+/// One HTTP/1.1 request over a fresh socket, with a bearer token and a JSON body if
+/// given; the status code and body, or the I/O error.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+    within: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, within)?;
     s.set_read_timeout(Some(within))?;
     s.set_write_timeout(Some(within))?;
-    write!(
-        s,
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(token) = token {
+        head.push_str(&format!("Authorization: Bearer {token}\r\n"));
+    }
+    let body = body.unwrap_or_default();
+    if method != "GET" {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ));
+    }
+    write!(s, "{head}\r\n{body}")?;
     let mut response = String::new();
     s.read_to_string(&mut response)?;
     let status = response
@@ -463,6 +528,38 @@ pub fn http_post_json(addr: SocketAddr, path: &str, body: &str, within: Duration
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default();
     Ok((status, body))
+}
+
+/// `POST /api/v1/auth/login`: the status and the JSON body.
+pub fn login(addr: SocketAddr, username: &str, password: &str) -> (u16, Value) {
+    let body = json!({"username": username, "password": password}).to_string();
+    let (status, reply) = http_post_json(addr, "/api/v1/auth/login", &body, WAIT).expect("POST /api/v1/auth/login");
+    let reply = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("login reply {reply:?}: {e}"));
+    (status, reply)
+}
+
+/// Logs in as `admin` and creates an admin API key; the key.
+pub fn admin_key(addr: SocketAddr) -> String {
+    let (status, session) = login(addr, "admin", ADMIN_PASSWORD);
+    assert_eq!(status, 200, "admin login: {session}");
+    let access = session["access_token"].as_str().expect("access_token");
+    let body = json!({"name": "tests", "role": "admin"}).to_string();
+    let (status, reply) =
+        http_post_json_as(addr, "/api/v1/auth/keys", &body, access, WAIT).expect("POST /api/v1/auth/keys");
+    assert_eq!(status, 201, "create an API key: {reply}");
+    let reply: Value = serde_json::from_str(&reply).expect("key reply is JSON");
+    reply["key"].as_str().expect("key").to_owned()
+}
+
+/// A WebSocket upgrade request for `url` carrying `Authorization: Bearer <token>`.
+pub fn ws_request(url: &str, token: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().expect("a ws:// URL");
+    request.headers_mut().insert(
+        "Authorization",
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    request
 }
 
 /// A port nothing listens on (bound, then released, by this process).
