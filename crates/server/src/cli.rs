@@ -45,7 +45,11 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
             Ok(o) => o,
             Err(e) => {
                 eprintln!("sigmavault: {e}");
-                return ExitCode::from(EXIT_STORE);
+                // A certificate or signing key that cannot be used is a configuration problem.
+                return match e {
+                    crate::ServerError::Tls(_) | crate::ServerError::Auth(_) => ExitCode::from(EXIT_CONFIG),
+                    _ => ExitCode::from(EXIT_STORE),
+                };
             }
         };
         let want = config.listen_addr();
@@ -68,7 +72,8 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
             }
         };
         let mut stdout = std::io::stdout();
-        let _ = writeln!(stdout, "listening on http://{addr}");
+        let scheme = if opened.tls() { "https" } else { "http" };
+        let _ = writeln!(stdout, "listening on {scheme}://{addr}");
         let _ = stdout.flush();
         let shutdown = CancellationToken::new();
         tokio::spawn(signals.wait_then_cancel(shutdown.clone()));

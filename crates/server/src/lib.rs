@@ -85,6 +85,7 @@ pub async fn run_opened(
         tracker,
         abort_all,
         auth,
+        tls,
         lock: _lock,
     } = opened;
     tracker.spawn(forget_idle_limits(auth.clone(), shutdown.clone()));
@@ -126,7 +127,16 @@ pub async fn run_opened(
         "serving"
     );
 
-    net::serve(listener, router, &config, shutdown.clone(), abort_all.clone(), &tracker).await;
+    net::serve(
+        listener,
+        router,
+        &config,
+        shutdown.clone(),
+        abort_all.clone(),
+        &tracker,
+        tls,
+    )
+    .await;
 
     tracing::info!(
         clients = hub.client_count(),
@@ -157,6 +167,7 @@ pub struct OpenedStore {
     tracker: TaskTracker,
     abort_all: CancellationToken,
     auth: auth::Auth,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     lock: store::backup::DataDirLock,
 }
 
@@ -164,6 +175,11 @@ impl OpenedStore {
     /// The hub (not serving yet).
     pub fn hub(&self) -> &Hub {
         &self.hub
+    }
+
+    /// Whether connections are served over TLS.
+    pub fn tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Stops the store without serving (start-up failed after it was opened).
@@ -175,6 +191,10 @@ impl OpenedStore {
 /// Prepares the data directory, takes its lock, and opens (and migrates) the
 /// database off the async threads.
 pub async fn open_store(config: &Config) -> Result<OpenedStore, ServerError> {
+    let tls = match (&config.security.tls_cert, &config.security.tls_key) {
+        (Some(cert), Some(key)) => Some(net::load_acceptor(cert, key)?),
+        _ => None,
+    };
     prepare_data_dir(&config.data_dir)?;
     let cfg = store::StoreConfig::from(config);
     let dir = config.data_dir.clone();
@@ -208,6 +228,7 @@ pub async fn open_store(config: &Config) -> Result<OpenedStore, ServerError> {
         tracker,
         abort_all,
         auth,
+        tls,
         lock,
     })
 }

@@ -10,7 +10,7 @@ use common::{TestServer, WAIT};
 /// Sends `frames` on a fresh `/ws` connection; returns the server's close code
 /// and reason after checking that the server then closes the TCP connection.
 async fn close_after(srv: &TestServer, frames: &[Frame]) -> (u16, String) {
-    let mut ws = RawWs::connect(srv.addr, "/ws").await;
+    let mut ws = RawWs::connect_as(srv.addr, &srv.token, "/ws").await;
     for f in frames {
         // A server that failed the connection early may reset it under a later frame.
         let _ = ws.send_bytes(&f.encode()).await;
@@ -74,7 +74,7 @@ async fn oversize_message_closes_with_1009() {
 #[tokio::test]
 async fn message_at_the_limit_is_not_closed() {
     let srv = TestServer::spawn_with(|c| c.ws_max_message = 1024).await;
-    let mut ws = RawWs::connect(srv.addr, "/ws").await;
+    let mut ws = RawWs::connect_as(srv.addr, &srv.token, "/ws").await;
     // Exactly 1024 bytes of valid JSON that is not a command: an error reply, no close.
     let pad = "a".repeat(1024 - r#"{"type":"ping","id":""}"#.len());
     let msg = format!(r#"{{"type":"ping","id":"{pad}"}}"#);
@@ -158,7 +158,7 @@ async fn client_close_is_echoed_and_the_server_closes_tcp() {
 #[tokio::test]
 async fn pings_are_answered_before_the_close() {
     let srv = TestServer::spawn().await;
-    let mut ws = RawWs::connect(srv.addr, "/ws").await;
+    let mut ws = RawWs::connect_as(srv.addr, &srv.token, "/ws").await;
     ws.send(&Frame::new(PING, "abc")).await;
     loop {
         let f = ws.next_frame(WAIT).await.expect("pong");
@@ -187,7 +187,7 @@ async fn echo_endpoint_exists_only_when_enabled() {
     srv.stop().await;
 
     let srv = TestServer::spawn_with(|c| c.ws_echo = true).await;
-    let mut ws = RawWs::connect(srv.addr, "/ws/echo").await;
+    let mut ws = RawWs::connect_as(srv.addr, &srv.token, "/ws/echo").await;
     ws.send(&Frame::text("héllo")).await;
     let f = ws.next_frame(WAIT).await.expect("echo");
     assert_eq!((f.opcode, f.payload.as_slice()), (TEXT, "héllo".as_bytes()));
@@ -205,7 +205,7 @@ async fn close_right_after_a_request_still_gets_a_close_reply() {
     let srv = TestServer::spawn_with(|c| c.ws_echo = true).await;
     for path in ["/ws", "/ws/echo"] {
         for _ in 0..20 {
-            let mut ws = RawWs::connect(srv.addr, path).await;
+            let mut ws = RawWs::connect_as(srv.addr, &srv.token, path).await;
             // One write: the server reads the request and the close together.
             let mut bytes = Frame::text(r#"{"type":"ping"}"#).encode();
             bytes.extend(Frame::close(1000, "done").encode());
@@ -233,7 +233,7 @@ async fn close_while_events_stream_still_gets_a_close_reply() {
         }
     });
     for round in 0..40 {
-        let mut ws = RawWs::connect(srv.addr, "/ws").await;
+        let mut ws = RawWs::connect_as(srv.addr, &srv.token, "/ws").await;
         ws.send(&Frame::text(r#"{"type":"subscribe","data":{"types":["custom.*"]}}"#))
             .await;
         // Read while the server writes, so its writer is busy but never blocked.

@@ -50,7 +50,7 @@ async fn peer_that_never_answers_pings_is_closed_with_4000() {
     })
     .await;
     // A hand-rolled client: it never writes after the handshake, so no pongs.
-    let mut peer = RawWs::connect(srv.addr, "/ws").await;
+    let mut peer = RawWs::connect_as(srv.addr, &srv.token, "/ws").await;
     tokio::time::sleep(ms(100 + 100 + 1000)).await;
 
     let mut pings = 0;
@@ -272,7 +272,7 @@ async fn shutdown_drops_a_stalled_client_when_the_grace_period_ends() {
     })
     .await;
     // Never reads: its socket fills and the server's writer stalls.
-    let mut stalled = RawWs::connect(srv.addr, "/ws?types=custom.*").await;
+    let mut stalled = RawWs::connect_as(srv.addr, &srv.token, "/ws?types=custom.*").await;
     let pad = "x".repeat(32 * 1024);
     for i in 0..40 {
         srv.publish(&[json!({"type": "custom.big", "data": {"i": i, "pad": pad}})])
@@ -301,7 +301,7 @@ async fn stalled_write_drops_the_connection_without_a_close_frame() {
         c.ws_pong_timeout = Duration::from_secs(600);
     })
     .await;
-    let mut stalled = RawWs::connect(srv.addr, "/ws?types=custom.*").await;
+    let mut stalled = RawWs::connect_as(srv.addr, &srv.token, "/ws?types=custom.*").await;
     let pad = "x".repeat(32 * 1024);
     for i in 0..40 {
         srv.publish(&[json!({"type": "custom.big", "data": {"i": i, "pad": pad}})])
@@ -331,7 +331,7 @@ async fn connection_cap_answers_503_json_and_frees_the_slot_on_close() {
     let health = srv.get_json("/api/v1/health").await;
     assert_eq!(health["components"]["hub"]["status"], "degraded", "{health}");
 
-    match tokio_tungstenite::connect_async(srv.ws_url("/ws")).await {
+    match tokio_tungstenite::connect_async(common::ws_request(&srv.ws_url("/ws"), &srv.token)).await {
         Err(WsError::Http(resp)) => {
             assert_eq!(resp.status(), 503);
             assert_eq!(resp.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"5"[..]));
@@ -348,7 +348,7 @@ async fn connection_cap_answers_503_json_and_frees_the_slot_on_close() {
     clients.pop().expect("a client").close().await;
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
-        match tokio_tungstenite::connect_async(srv.ws_url("/ws")).await {
+        match tokio_tungstenite::connect_async(common::ws_request(&srv.ws_url("/ws"), &srv.token)).await {
             Ok(_) => break,
             Err(WsError::Http(resp)) if resp.status() == 503 => {
                 assert!(
@@ -371,10 +371,10 @@ async fn shutdown_during_a_connection_storm_still_closes_everyone_with_1001() {
     let welcomed = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
     let mut clients = tokio::task::JoinSet::new();
     for _ in 0..300 {
-        let (url, welcomed) = (url.clone(), welcomed.clone());
+        let (url, welcomed, token) = (url.clone(), welcomed.clone(), srv.token.clone());
         clients.spawn(async move {
             // Refused, reset or 503 once shutdown has begun: all fine.
-            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(url).await else {
+            let Ok((mut ws, _)) = tokio_tungstenite::connect_async(common::ws_request(&url, &token)).await else {
                 return None;
             };
             welcomed.add_permits(1);

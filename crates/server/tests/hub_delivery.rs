@@ -516,7 +516,9 @@ async fn types_query_replaces_the_default_subscriptions() {
     assert!(got.is_empty(), "subscribed to nothing, got {got:?}");
 
     for bad in ["A*", "custom..x", "a.*.*"] {
-        match tokio_tungstenite::connect_async(srv.ws_url(&format!("/ws?types={bad}"))).await {
+        match tokio_tungstenite::connect_async(common::ws_request(&srv.ws_url(&format!("/ws?types={bad}")), &srv.token))
+            .await
+        {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status(), 400, "{bad}");
                 let body: Value =

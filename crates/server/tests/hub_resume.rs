@@ -207,7 +207,9 @@ async fn resume_ahead_of_the_head_is_an_error() {
 async fn resume_query_must_be_complete() {
     let srv = TestServer::spawn().await;
     for query in ["epoch=e", "since=3", "epoch=e&since=-1", "epoch=e&since=x"] {
-        match tokio_tungstenite::connect_async(srv.ws_url(&format!("/ws?{query}"))).await {
+        match tokio_tungstenite::connect_async(common::ws_request(&srv.ws_url(&format!("/ws?{query}")), &srv.token))
+            .await
+        {
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 assert_eq!(resp.status(), 400, "{query}");
                 let body: Value =

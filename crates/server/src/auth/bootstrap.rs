@@ -71,7 +71,10 @@ pub(super) async fn ensure_admin(auth: &Auth) -> Result<(), AuthError> {
                  which is removed after the first password change"
             );
         } else {
-            tracing::info!(username = ADMIN_USERNAME, "created the first admin account from {ADMIN_PASSWORD_ENV}");
+            tracing::info!(
+                username = ADMIN_USERNAME,
+                "created the first admin account from {ADMIN_PASSWORD_ENV}"
+            );
         }
     }
     Ok(())

@@ -105,7 +105,10 @@ mod tests {
         let t = s.sign(&claims(now)).unwrap();
         assert_eq!(s.verify(&t, now).unwrap(), claims(now));
         // Another key.
-        assert!(matches!(Signer::new(&[8u8; 32], 0).verify(&t, now), Err(AuthError::InvalidToken)));
+        assert!(matches!(
+            Signer::new(&[8u8; 32], 0).verify(&t, now),
+            Err(AuthError::InvalidToken)
+        ));
         // Expired.
         let mut old = claims(now - 120);
         old.exp = now - 60;
@@ -118,7 +121,12 @@ mod tests {
         let parts: Vec<&str> = t.split('.').collect();
         let mut admin = claims(now);
         admin.sub = "2".into();
-        let forged = format!("{}.{}.{}", parts[0], URL_SAFE_NO_PAD.encode(serde_json::to_vec(&admin).unwrap()), parts[2]);
+        let forged = format!(
+            "{}.{}.{}",
+            parts[0],
+            URL_SAFE_NO_PAD.encode(serde_json::to_vec(&admin).unwrap()),
+            parts[2]
+        );
         assert!(s.verify(&forged, now).is_err());
         // Issued in the future.
         let mut future = claims(now + 600);

@@ -111,7 +111,11 @@ mod tests {
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
         assert_eq!(client_ip(proxy, &h, &trusted), "1.2.3.4".parse::<IpAddr>().unwrap());
         let outsider: IpAddr = "5.5.5.5".parse().unwrap();
-        assert_eq!(client_ip(outsider, &h, &trusted), outsider, "untrusted peers' headers are ignored");
+        assert_eq!(
+            client_ip(outsider, &h, &trusted),
+            outsider,
+            "untrusted peers' headers are ignored"
+        );
         assert_eq!(client_ip(proxy, &HeaderMap::new(), &trusted), proxy);
         assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
         assert_eq!(retry_after_secs(Duration::from_secs(2)), 2);

@@ -206,7 +206,12 @@ const KEY_TOUCH_EVERY: Duration = Duration::from_secs(60);
 impl Auth {
     /// Loads the signing key and the index; creates the first admin when there
     /// are no users (see [`bootstrap`]).
-    pub async fn start(cfg: SecurityConfig, data_dir: &std::path::Path, store: Store, hub: Hub) -> Result<Auth, AuthError> {
+    pub async fn start(
+        cfg: SecurityConfig,
+        data_dir: &std::path::Path,
+        store: Store,
+        hub: Hub,
+    ) -> Result<Auth, AuthError> {
         let key_path = cfg
             .jwt_secret_file
             .clone()

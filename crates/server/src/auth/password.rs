@@ -93,7 +93,11 @@ impl Hasher {
     }
 
     async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, AuthError> {
-        let _permit = self.room.acquire().await.map_err(|_| AuthError::Internal("hasher closed".into()))?;
+        let _permit = self
+            .room
+            .acquire()
+            .await
+            .map_err(|_| AuthError::Internal("hasher closed".into()))?;
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| AuthError::Internal(format!("hash task failed: {e}")))
@@ -124,10 +128,14 @@ mod tests {
         assert!(verify_blocking("correct horse", &h));
         assert!(!verify_blocking("wrong horse", &h));
         assert!(!needs_rehash(&h));
-        let weak = Argon2::new(Algorithm::Argon2id, Version::V0x13, Params::new(8192, 1, 1, None).unwrap())
-            .hash_password(b"pw")
-            .unwrap()
-            .to_string();
+        let weak = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(8192, 1, 1, None).unwrap(),
+        )
+        .hash_password(b"pw")
+        .unwrap()
+        .to_string();
         assert!(needs_rehash(&weak));
         assert!(verify_blocking("pw", &weak));
         assert!(!verify_blocking("pw", "not a hash"));

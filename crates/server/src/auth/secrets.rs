@@ -44,11 +44,7 @@ pub fn load_or_create_signing_key(path: &Path, create: bool) -> Result<Vec<u8>, 
                     path.display()
                 )));
             }
-            let key: Vec<u8> = bytes
-                .iter()
-                .copied()
-                .filter(|b| !b.is_ascii_whitespace())
-                .collect();
+            let key: Vec<u8> = bytes.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
             if key.len() < MIN_SECRET_BYTES {
                 return Err(AuthError::Secret(format!(
                     "{} holds {} bytes; a signing key needs at least {MIN_SECRET_BYTES}",

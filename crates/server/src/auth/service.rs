@@ -61,7 +61,10 @@ pub fn check_username(name: &str) -> Result<(), AuthError> {
     if name.is_empty() || name.len() > MAX_USERNAME {
         return Err(invalid("must be 1 to 64 characters"));
     }
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    {
         return Err(invalid("may contain only letters, digits, '.', '_' and '-'"));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
@@ -164,7 +167,9 @@ pub fn forget_initial_password(data_dir: &std::path::Path, user: &User) {
         match std::fs::remove_file(&path) {
             Ok(()) => tracing::info!(file = %path.display(), "removed the initial admin password file"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(file = %path.display(), error = %e, "could not remove the initial admin password file"),
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "could not remove the initial admin password file")
+            }
         }
     }
 }
@@ -250,7 +255,9 @@ impl Auth {
                 let _ = self
                     .inner
                     .store
-                    .write(move |tx| audit::record(tx, &actor, "auth.login_failed", &format!("user:{attempted}"), detail))
+                    .write(move |tx| {
+                        audit::record(tx, &actor, "auth.login_failed", &format!("user:{attempted}"), detail)
+                    })
                     .await;
                 return Err(AuthError::InvalidCredentials);
             }
@@ -283,7 +290,11 @@ impl Auth {
                 Ok(opened)
             })
             .await?;
-        self.inner.index.write().sessions.insert(Arc::from(sid.as_str()), user_id);
+        self.inner
+            .index
+            .write()
+            .sessions
+            .insert(Arc::from(sid.as_str()), user_id);
         tracing::info!(user_id, username = %user.username, client_ip = %ip, "login");
         let pair = self.issue(user_id, &sid, refresh)?;
         Ok((pair, user))
@@ -471,7 +482,9 @@ impl Auth {
         user_agent: &str,
     ) -> Result<TokenPair, AuthError> {
         if !matches!(p.credential, Credential::Session(_)) {
-            return Err(AuthError::Forbidden("log in with a password to change it (not with an API key)".into()));
+            return Err(AuthError::Forbidden(
+                "log in with a password to change it (not with an API key)".into(),
+            ));
         }
         check_password("new_password", &new)?;
         let id = p.user_id;
@@ -511,7 +524,9 @@ impl Auth {
         role: Option<Role>,
     ) -> Result<KeyCreated, AuthError> {
         if !matches!(p.credential, Credential::Session(_)) {
-            return Err(AuthError::Forbidden("API keys are created by a logged-in user, not by another key".into()));
+            return Err(AuthError::Forbidden(
+                "API keys are created by a logged-in user, not by another key".into(),
+            ));
         }
         let name = name.trim().to_owned();
         if name.is_empty() || name.chars().count() > MAX_KEY_NAME || name.chars().any(char::is_control) {

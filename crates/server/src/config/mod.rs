@@ -663,6 +663,17 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if !self.host.is_loopback() && !self.security.tls() && !self.security.insecure_http {
+            return Err(err(
+                "host",
+                format!(
+                    "refusing to serve plain HTTP on {}: passwords and tokens would cross the network \
+                     unencrypted. Give --tls-cert and --tls-key, or --insecure-http true when a \
+                     TLS-terminating proxy stands in front",
+                    self.host
+                ),
+            ));
+        }
         if let Some(limit) = open_file_limit()
             && self.max_connections > limit.saturating_sub(fd_reserve(limit) / 4)
         {

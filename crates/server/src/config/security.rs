@@ -270,8 +270,10 @@ fn flag(s: &str) -> Result<bool, String> {
 
 impl SecurityConfig {
     pub(super) fn load(args: &SecurityArgs, layers: &Layers<'_>) -> Result<SecurityConfig, ConfigError> {
-        let mut c = SecurityConfig::default();
-        c.admin_password = (layers.env)(ADMIN_PASSWORD_ENV).map(sigmavault_proto::Secret);
+        let mut c = SecurityConfig {
+            admin_password: (layers.env)(ADMIN_PASSWORD_ENV).map(sigmavault_proto::Secret),
+            ..SecurityConfig::default()
+        };
         macro_rules! set {
             ($field:ident, $key:literal, $parse:expr) => {
                 if let Some(text) = layers.get($key, &args.$field)? {
@@ -298,7 +300,9 @@ impl SecurityConfig {
         set!(http_rate_limit, "http-rate-limit", RateSpec::parse);
         set!(login_rate_limit, "login-rate-limit", RateSpec::parse);
         set!(login_user_rate_limit, "login-user-rate-limit", RateSpec::parse);
-        set!(password_hash_concurrency, "password-hash-concurrency", |s| count(s, 1, 64));
+        set!(password_hash_concurrency, "password-hash-concurrency", |s| count(
+            s, 1, 64
+        ));
         set!(ws_max_per_ip, "ws-max-per-ip", |s| count(s, 0, 10_000_000));
         set!(ws_max_per_user, "ws-max-per-user", |s| count(s, 0, 10_000_000));
         c.allowed_origins = layers
@@ -318,8 +322,10 @@ impl SecurityConfig {
             .iter()
             .map(|p| Cidr::parse(p).map_err(|e| err("trusted-proxy", e)))
             .collect::<Result<_, _>>()?;
-        set!(tls_cert, "tls-cert", |s: &str| nonempty(s).map(|p| Some(PathBuf::from(p))));
-        set!(tls_key, "tls-key", |s: &str| nonempty(s).map(|p| Some(PathBuf::from(p))));
+        set!(tls_cert, "tls-cert", |s: &str| nonempty(s)
+            .map(|p| Some(PathBuf::from(p))));
+        set!(tls_key, "tls-key", |s: &str| nonempty(s)
+            .map(|p| Some(PathBuf::from(p))));
         set!(insecure_http, "insecure-http", flag);
         if c.tls_cert.is_some() != c.tls_key.is_some() {
             return Err(err("tls-cert", "--tls-cert and --tls-key must be given together"));
@@ -367,7 +373,10 @@ mod tests {
 
     #[test]
     fn origins() {
-        assert_eq!(normalize_origin("https://NAS.local").as_deref(), Some("https://nas.local:443"));
+        assert_eq!(
+            normalize_origin("https://NAS.local").as_deref(),
+            Some("https://nas.local:443")
+        );
         assert_eq!(normalize_origin("http://x:8080/").as_deref(), Some("http://x:8080"));
         assert_eq!(normalize_origin("http://[::1]").as_deref(), Some("http://[::1]:80"));
         assert_eq!(normalize_origin("http://[::1]:81").as_deref(), Some("http://[::1]:81"));

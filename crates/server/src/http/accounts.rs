@@ -10,7 +10,7 @@
 //! | `POST /api/v1/auth/password` `{"current_password","new_password"}` | session | 200 new token pair; every other session ends |
 //! | `GET/POST /api/v1/auth/keys`, `DELETE /api/v1/auth/keys/{id}` | any (own keys; admins all) | list / 201 with the key once / 200 |
 //! | `GET/POST /api/v1/users`, `GET/PATCH /api/v1/users/{id}`, `POST /api/v1/users/{id}/password` | admin | … |
-//! | `GET /api/v1/audit?limit&before&actor&action` | admin | 200 `{"records"}` newest first |
+//! | `GET /api/v1/audit?limit&before&after&actor&action` | admin | 200 `{"records"}` newest first |
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -266,7 +266,13 @@ async fn update_user(
 ) -> Result<Json<Value>, ApiError> {
     admin(&p)?;
     let id = body::record_id(&raw, "user")?;
-    let body = object(&app, &headers, body, r#"{"role"?: "admin"|"viewer", "disabled"?: bool}"#).await?;
+    let body = object(
+        &app,
+        &headers,
+        body,
+        r#"{"role"?: "admin"|"viewer", "disabled"?: bool}"#,
+    )
+    .await?;
     if let Some(k) = body.keys().find(|k| !matches!(k.as_str(), "role" | "disabled")) {
         return Err(ApiError::BadJson(format!(
             "unknown field {k:?}: only role and disabled can be changed here (passwords: POST /api/v1/users/{{id}}/password)"
@@ -303,6 +309,7 @@ async fn reset_password(
 struct AuditParams {
     limit: Option<usize>,
     before: Option<i64>,
+    after: Option<i64>,
     actor: Option<String>,
     action: Option<String>,
 }
@@ -320,6 +327,7 @@ async fn audit_log(
     }
     let query = AuditQuery {
         before: q.before,
+        after: q.after,
         actor: q.actor,
         action: q.action,
         limit,

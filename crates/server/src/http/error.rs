@@ -219,7 +219,10 @@ impl ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             ApiError::Auth(AuthError::Missing | AuthError::InvalidToken | AuthError::Expired | AuthError::Revoked) => {
-                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sigmavault\""));
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"sigmavault\""),
+                );
             }
             _ => {}
         }

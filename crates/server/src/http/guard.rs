@@ -178,6 +178,23 @@ pub(crate) async fn security_headers(State(app): State<AppState>, req: Request, 
     response
 }
 
+/// The audit actor of a request (its principal and client address), as an extractor.
+pub(crate) struct Acting(pub(crate) crate::store::audit::Actor);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Acting {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let p = principal(&parts.extensions)?;
+        let ip = parts
+            .extensions
+            .get::<ClientIp>()
+            .map(|c| c.0)
+            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        Ok(Acting(p.actor(ip)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,22 +210,5 @@ mod tests {
         let mut k = HeaderMap::new();
         k.insert("x-api-key", "svk_x".parse().unwrap());
         assert_eq!(credentials(&k).as_deref(), Some("svk_x"));
-    }
-}
-
-/// The audit actor of a request (its principal and client address), as an extractor.
-pub(crate) struct Acting(pub(crate) crate::store::audit::Actor);
-
-impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Acting {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let p = principal(&parts.extensions)?;
-        let ip = parts
-            .extensions
-            .get::<ClientIp>()
-            .map(|c| c.0)
-            .unwrap_or(IpAddr::from([127, 0, 0, 1]));
-        Ok(Acting(p.actor(ip)))
     }
 }

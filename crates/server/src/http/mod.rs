@@ -7,8 +7,8 @@
 mod accounts;
 mod body;
 pub mod error;
-mod guard;
 mod events;
+mod guard;
 mod host;
 mod notifications;
 mod shares;

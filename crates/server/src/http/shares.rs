@@ -128,7 +128,10 @@ async fn replace(
     let body = read_object(&app, &headers, body, false).await?;
     get_share(&app, id).await?;
     let new = checked(&app, body, Some(id)).await?;
-    let (share, _) = app.store.write(move |tx| shares::update(tx, &actor, id, &new, None)).await?;
+    let (share, _) = app
+        .store
+        .write(move |tx| shares::update(tx, &actor, id, &new, None))
+        .await?;
     Ok(Json(share))
 }
 

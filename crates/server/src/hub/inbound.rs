@@ -57,12 +57,18 @@ impl HubInbound {
     /// The first `auth` of a connection that came without credentials.
     fn first_auth(&mut self, token: &str) -> Result<(), (CloseCode, String)> {
         let unauthorized = |e: AuthError| (CloseCode::Unauthorized, e.code().to_owned());
-        let auth = self.auth.as_ref().ok_or((CloseCode::Unauthorized, "unauthorized".to_owned()))?;
+        let auth = self
+            .auth
+            .as_ref()
+            .ok_or((CloseCode::Unauthorized, "unauthorized".to_owned()))?;
         let principal = auth.authenticate(token).map_err(unauthorized)?;
         let slot = auth.sockets().take_user(principal.user_id).ok_or_else(|| {
             (
                 CloseCode::RateLimited,
-                format!("too many connections for this user (at most {})", auth.sockets().max_per_user()),
+                format!(
+                    "too many connections for this user (at most {})",
+                    auth.sockets().max_per_user()
+                ),
             )
         })?;
         self.session.slots.lock().push(slot);
@@ -80,7 +86,11 @@ impl HubInbound {
         let principal = match auth.authenticate(token) {
             Ok(p) => p,
             Err(e) => {
-                self.reply_error(id, e.code(), &format!("{e}; the connection keeps its current authentication"));
+                self.reply_error(
+                    id,
+                    e.code(),
+                    &format!("{e}; the connection keeps its current authentication"),
+                );
                 return;
             }
         };
@@ -103,7 +113,8 @@ impl HubInbound {
             "expires_at": principal.expires_at.map(|s| chrono::DateTime::from_timestamp(s, 0)
                 .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))),
         });
-        self.session.with_outbox(|o| o.push_control(control("authenticated", id, &reply)));
+        self.session
+            .with_outbox(|o| o.push_control(control("authenticated", id, &reply)));
     }
 
     fn reply_error(&self, id: Option<&serde_json::Value>, code: &str, message: &str) {

@@ -25,7 +25,7 @@ fn tick(hub: &Hub) -> Duration {
         .min(c.write_timeout)
         .min(c.auth_expiry_warning)
         / 4)
-        .clamp(Duration::from_millis(10), Duration::from_secs(5))
+    .clamp(Duration::from_millis(10), Duration::from_secs(5))
 }
 
 /// Runs until shutdown.
@@ -84,7 +84,12 @@ fn check_expiry(s: &super::session::Session, wall_ms: i64, warn_ms: i64, leeway_
     let Some(expires) = a.expires_at_ms else { return };
     if wall_ms >= expires + leeway_ms {
         drop(auth);
-        if s.with_outbox(|o| o.request_close(CloseCode::Unauthorized, "token expired: refresh, then reconnect and resume")) {
+        if s.with_outbox(|o| {
+            o.request_close(
+                CloseCode::Unauthorized,
+                "token expired: refresh, then reconnect and resume",
+            )
+        }) {
             tracing::info!(client_id = %s.client_id, "socket token expired; closing with 4401");
         }
     } else if !a.warned && wall_ms >= expires - warn_ms {

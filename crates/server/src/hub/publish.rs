@@ -151,7 +151,7 @@ impl Hub {
         match &self.inner.store {
             Some(store) if queued => {
                 if let Err(events) = store.append_internal(events) {
-                    self.deliver_unpersisted(events);
+                    self.deliver_unsequenced(events, true);
                 }
             }
             _ => {
@@ -224,9 +224,10 @@ impl Hub {
         s.seqs
     }
 
-    /// Delivers server-internal messages that could not be persisted: live only,
-    /// no seq, `"durable": false`, outside the resumable sequence.
-    pub(crate) fn deliver_unpersisted(&self, events: Vec<NewEvent>) {
+    /// Delivers messages live only, without a seq, outside the resumable
+    /// sequence: server-internal events that could not be persisted (marked
+    /// `"durable": false`), and streams with their own durable cursor (audit).
+    pub(crate) fn deliver_unsequenced(&self, events: Vec<NewEvent>, not_durable: bool) {
         let ts = timestamp();
         let _publish = self.inner.publish.lock();
         for e in events {
@@ -236,7 +237,11 @@ impl Hub {
             text.push_str(&Value::String(e.kind).to_string());
             text.push_str(",\"timestamp\":\"");
             text.push_str(&ts);
-            text.push_str("\",\"durable\":false,\"data\":");
+            text.push_str(if not_durable {
+                "\",\"durable\":false,\"data\":"
+            } else {
+                "\",\"data\":"
+            });
             text.push_str(&e.data.to_string());
             text.push('}');
             let bytes = wire::text(&text);

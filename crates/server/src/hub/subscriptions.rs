@@ -125,11 +125,9 @@ impl Hub {
     /// Queues the current value of every state topic the client newly matches.
     fn push_current_state(&self, session: &Session, subs: &SubscriptionSet, before: Option<&SubscriptionSet>) {
         let state = self.inner.state.read();
-        let fresh = state
-            .values()
-            .filter(|f| {
-                subs.matches(&f.kind) && session.may_see(&f.kind) && !before.is_some_and(|b| b.matches(&f.kind))
-            });
+        let fresh = state.values().filter(|f| {
+            subs.matches(&f.kind) && session.may_see(&f.kind) && !before.is_some_and(|b| b.matches(&f.kind))
+        });
         session.with_outbox(|o| fresh.for_each(|f| o.push_state(f.clone())));
     }
 

@@ -54,6 +54,7 @@ pub(crate) async fn serve(
     shutdown: CancellationToken,
     abort: CancellationToken,
     tracker: &TaskTracker,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -104,12 +105,63 @@ pub(crate) async fn serve(
             req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
             req
         });
-        let conn = http
-            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-            .with_upgrades();
         let shutdown = shutdown.clone();
         let abort = abort.clone();
-        tracker.spawn(async move {
+        let http = http.clone();
+        let handshake_timeout = config.http_idle_timeout;
+        match tls.clone() {
+            None => {
+                tracker.spawn(serve_one(http, stream, service, peer, shutdown, abort));
+            }
+            Some(acceptor) => {
+                tracker.spawn(async move {
+                    // A client that never finishes the handshake holds a descriptor only this long.
+                    let stream = tokio::select! {
+                        r = tokio::time::timeout(handshake_timeout, acceptor.accept(stream)) => match r {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake timed out");
+                                return;
+                            }
+                        },
+                        _ = shutdown.cancelled() => return,
+                    };
+                    serve_one(http, stream, service, peer, shutdown, abort).await;
+                });
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 (with upgrades) on one accepted stream until it closes or
+/// the shutdown grace ends.
+async fn serve_one<I, S>(
+    http: hyper::server::conn::http1::Builder,
+    stream: I,
+    service: S,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+    abort: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::http::Request<Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let conn = http
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+        .with_upgrades();
+    {
+        {
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
@@ -126,6 +178,6 @@ pub(crate) async fn serve(
             if let Err(e) = result {
                 tracing::debug!(error = %e, %peer, "http connection ended with an error");
             }
-        });
+        }
     }
 }

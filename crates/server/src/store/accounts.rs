@@ -67,8 +67,7 @@ pub struct User {
     pub last_login_at: Option<String>,
 }
 
-const USER_COLUMNS: &str =
-    "id, username, role, disabled, created_at, updated_at, password_changed_at, last_login_at";
+const USER_COLUMNS: &str = "id, username, role, disabled, created_at, updated_at, password_changed_at, last_login_at";
 
 fn user_row(r: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -143,9 +142,9 @@ pub fn insert_user(conn: &Connection, username: &str, hash: &str, role: Role) ->
         .execute(params![username, username_key(username), hash, role.as_str(), now]);
     match inserted {
         Ok(_) => get_user(conn, conn.last_insert_rowid()),
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-            Err(StoreError::Conflict(format!("a user named {username:?} already exists")))
-        }
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(
+            StoreError::Conflict(format!("a user named {username:?} already exists")),
+        ),
         Err(e) => Err(e.into()),
     }
 }
@@ -224,9 +223,8 @@ pub fn insert_session(
 
 /// Sessions neither revoked nor expired at `now_ms`.
 pub fn active_sessions(conn: &Connection, now_ms: i64) -> Result<Vec<LoginSession>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, user_id, expires_ms FROM sessions WHERE revoked_at IS NULL AND expires_ms > ?1",
-    )?;
+    let mut stmt = conn
+        .prepare_cached("SELECT id, user_id, expires_ms FROM sessions WHERE revoked_at IS NULL AND expires_ms > ?1")?;
     let rows = stmt.query_map([now_ms], |r| {
         Ok(LoginSession {
             id: r.get(0)?,
@@ -240,7 +238,9 @@ pub fn active_sessions(conn: &Connection, now_ms: i64) -> Result<Vec<LoginSessio
 /// Revokes one session; returns whether it was active.
 pub fn revoke_session(conn: &Connection, id: &str, reason: &str) -> Result<bool, StoreError> {
     Ok(conn
-        .prepare_cached("UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 WHERE id = ?1 AND revoked_at IS NULL")?
+        .prepare_cached(
+            "UPDATE sessions SET revoked_at = ?2, revoked_reason = ?3 WHERE id = ?1 AND revoked_at IS NULL",
+        )?
         .execute(params![id, now_text(), reason])?
         > 0)
 }
@@ -310,7 +310,9 @@ pub fn use_refresh(conn: &Connection, hash: &str, session_id: &str, now_ms: i64)
 
 /// Deletes refresh tokens and sessions that ended before `before_ms` (retention).
 pub fn prune_sessions(conn: &Connection, before_ms: i64) -> Result<u64, StoreError> {
-    conn.prepare_cached("DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE expires_ms < ?1)")?
+    conn.prepare_cached(
+        "DELETE FROM refresh_tokens WHERE session_id IN (SELECT id FROM sessions WHERE expires_ms < ?1)",
+    )?
     .execute([before_ms])?;
     Ok(conn
         .prepare_cached("DELETE FROM sessions WHERE expires_ms < ?1")?

@@ -132,6 +132,7 @@ impl Job {
 pub struct WriteTx<'a> {
     conn: &'a Connection,
     events: Vec<NewEvent>,
+    live: Vec<NewEvent>,
 }
 
 impl WriteTx<'_> {
@@ -151,6 +152,16 @@ impl WriteTx<'_> {
         };
         self.events.push(NewEvent { kind, data });
         Ok(())
+    }
+
+    /// Delivers a message live once this transaction commits, outside the
+    /// resumable sequence (no seq, not in the event history): for streams with
+    /// their own durable record and cursor, such as the audit log.
+    pub fn publish_live(&mut self, kind: impl Into<String>, data: Value) {
+        self.live.push(NewEvent {
+            kind: kind.into(),
+            data,
+        });
     }
 }
 
@@ -237,7 +248,7 @@ struct Writer {
 /// A job after its savepoint: what to deliver once the group commits.
 struct Staged {
     work: Box<dyn Work>,
-    result: Result<Delivery, StoreError>,
+    result: Result<(Delivery, Vec<NewEvent>), StoreError>,
 }
 
 enum Delivery {
@@ -327,7 +338,10 @@ impl Writer {
     fn finish(&mut self, staged: Vec<Staged>) {
         for Staged { mut work, result } in staged {
             match result {
-                Ok(delivery) => {
+                Ok((delivery, live)) => {
+                    if let (false, Some(hub)) = (live.is_empty(), &self.hub) {
+                        hub.deliver_unsequenced(live, false);
+                    }
                     let seqs = match (delivery, &self.hub) {
                         (Delivery::Sequenced(s), Some(hub)) => hub.deliver(s),
                         (Delivery::Unsequenced(events), Some(hub)) if !events.is_empty() => {
@@ -342,7 +356,7 @@ impl Writer {
                     if e.is_unavailable()
                         && let (Some(events), Some(hub)) = (work.fallback(), &self.hub)
                     {
-                        hub.deliver_unpersisted(events);
+                        hub.deliver_unsequenced(events, true);
                     }
                     work.done(Err(e));
                 }
@@ -413,11 +427,12 @@ fn stage_and_commit(
         }
         let mut work = job.work;
         let seq_before = *next_seq;
-        let result = (|| -> Result<Delivery, StoreError> {
+        let result = (|| -> Result<(Delivery, Vec<NewEvent>), StoreError> {
             let sp = tx.savepoint()?;
             let mut wtx = WriteTx {
                 conn: &sp,
                 events: Vec::new(),
+                live: Vec::new(),
             };
             // A panic in a job must not take the writer (and every later write) down.
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.run(&mut wtx))).unwrap_or_else(|_| {
@@ -425,6 +440,7 @@ fn stage_and_commit(
                 Err(StoreError::Sqlite("internal error in a store job".into()))
             })?;
             let events = wtx.events;
+            let live = wtx.live;
             let delivery = if durable && events.iter().any(|e| topic_info(&e.kind).class == DeliveryClass::Event) {
                 let hub = hub.ok_or(StoreError::Closed)?;
                 let seqd = hub.sequence(events, next_seq);
@@ -434,11 +450,11 @@ fn stage_and_commit(
                 Delivery::Unsequenced(events)
             };
             sp.commit()?;
-            Ok(delivery)
+            Ok((delivery, live))
         })();
         match &result {
             Err(_) => *next_seq = seq_before,
-            Ok(Delivery::Sequenced(s)) => {
+            Ok((Delivery::Sequenced(s), _)) => {
                 events_in_group += s.rows().len();
                 appended += s.rows().len() as u64;
             }

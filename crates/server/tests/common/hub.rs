@@ -215,10 +215,12 @@ pub async fn connect_many(srv: &TestServer, n: usize, path: &str) -> Vec<WsClien
     let url = srv.ws_url(path);
     let mut set = JoinSet::new();
     for _ in 0..n {
-        let (gate, url) = (gate.clone(), url.clone());
+        let (gate, url, token) = (gate.clone(), url.clone(), srv.token.clone());
         set.spawn(async move {
             let _permit = gate.acquire().await.expect("semaphore");
-            let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("ws connect");
+            let (ws, _) = tokio_tungstenite::connect_async(super::ws_request(&url, &token))
+                .await
+                .expect("ws connect");
             let mut c = WsClient {
                 ws,
                 welcome: Value::Null,

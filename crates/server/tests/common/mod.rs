@@ -16,11 +16,81 @@ use sigmavault_server::config::Config;
 /// Generous functional deadline for "should arrive" waits.
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// The first admin's password in every test server.
+pub const ADMIN_PASSWORD: &str = "test-admin-password";
+
 pub struct TestServer {
     pub server: Option<RunningServer>,
     pub addr: std::net::SocketAddr,
+    /// Sends the admin API key with every request.
     pub http: reqwest::Client,
+    /// An admin API key (created through the REST API at start).
+    pub token: String,
     _dir: tempfile::TempDir,
+}
+
+/// Test defaults: the first admin's password set, and the per-client limits
+/// off (tests that exercise a limit set it).
+pub fn test_security(config: &mut Config) {
+    let s = &mut config.security;
+    s.admin_password = Some(sigmavault_proto::Secret(ADMIN_PASSWORD.into()));
+    s.http_rate_limit = None;
+    s.login_rate_limit = None;
+    s.login_user_rate_limit = None;
+    s.ws_max_per_ip = 0;
+    s.ws_max_per_user = 0;
+}
+
+/// Logs in as `username` and returns the token pair (the whole response body).
+pub async fn login(addr: std::net::SocketAddr, username: &str, password: &str) -> Value {
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/auth/login"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("login request");
+    assert_eq!(resp.status(), 200, "login as {username}");
+    resp.json().await.expect("login body")
+}
+
+/// Logs in as the first admin and creates an admin API key.
+pub async fn admin_key(addr: std::net::SocketAddr) -> String {
+    let pair = login(addr, "admin", ADMIN_PASSWORD).await;
+    let access = pair["access_token"].as_str().expect("access token").to_owned();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{addr}/api/v1/auth/keys"))
+        .bearer_auth(&access)
+        .json(&json!({"name": "tests", "role": "admin"}))
+        .send()
+        .await
+        .expect("key request");
+    assert_eq!(resp.status(), 201, "create the test key");
+    let body: Value = resp.json().await.expect("key body");
+    body["key"].as_str().expect("key").to_owned()
+}
+
+/// A reqwest client that sends `token` as a bearer token.
+pub fn client_with(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// A WebSocket upgrade request for `url` carrying `token`.
+pub fn ws_request(url: &str, token: &str) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = url.into_client_request().expect("ws url");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header value"),
+    );
+    req
 }
 
 impl TestServer {
@@ -37,13 +107,16 @@ impl TestServer {
             environment: "test".into(),
             ..Config::default()
         };
+        test_security(&mut config);
         f(&mut config);
         let server = sigmavault_server::start(config).await.expect("server starts");
         let addr = server.addr;
+        let token = admin_key(addr).await;
         TestServer {
             server: Some(server),
             addr,
-            http: reqwest::Client::new(),
+            http: client_with(&token),
+            token,
             _dir: dir,
         }
     }
@@ -62,7 +135,7 @@ impl TestServer {
     }
 
     pub async fn connect_path(&self, path: &str) -> WsClient {
-        let (ws, _) = tokio_tungstenite::connect_async(self.ws_url(path))
+        let (ws, _) = tokio_tungstenite::connect_async(ws_request(&self.ws_url(path), &self.token))
             .await
             .expect("ws connect");
         let mut client = WsClient {

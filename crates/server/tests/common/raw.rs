@@ -141,11 +141,21 @@ pub struct RawWs {
 impl RawWs {
     /// Connects to `path` and completes the opening handshake by hand.
     pub async fn connect(addr: SocketAddr, path: &str) -> RawWs {
+        Self::connect_as(addr, "", path).await
+    }
+
+    /// Like [`RawWs::connect`], sending `token` as a bearer token (none when empty).
+    pub async fn connect_as(addr: SocketAddr, token: &str, path: &str) -> RawWs {
         let mut stream = TcpStream::connect(addr).await.expect("tcp connect");
         stream.set_nodelay(true).expect("nodelay");
+        let auth = if token.is_empty() {
+            String::new()
+        } else {
+            format!("Authorization: Bearer {token}\r\n")
+        };
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             {auth}Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         );
         stream.write_all(request.as_bytes()).await.expect("send handshake");
         let mut buf = Vec::new();
