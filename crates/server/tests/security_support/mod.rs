@@ -11,6 +11,9 @@ use sigmavault_server::auth::jwt::Claims;
 
 use super::common::TestServer;
 
+/// WebSocket helpers.
+pub mod ws;
+
 /// A response: status, headers and the JSON body (`Null` when not JSON).
 pub struct Resp {
     pub status: u16,
