@@ -180,7 +180,10 @@ impl Auth {
         self.inner.login_ip_limit.check(&ip).map_err(AuthError::RateLimited)?;
         self.inner
             .login_user_limit
-            .check(&(accounts::username_key(username), ip))
+            .check(&(
+                accounts::username_key(&username.chars().take(MAX_USERNAME).collect::<String>()),
+                ip,
+            ))
             .map_err(AuthError::RateLimited)
     }
 

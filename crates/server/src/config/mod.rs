@@ -827,6 +827,42 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_only_on_loopback_unless_told() {
+        let public = |extra: &[(&str, &str)]| {
+            let mut env = vec![("SIGMAVAULT_HOST", "0.0.0.0")];
+            env.extend_from_slice(extra);
+            load(ServeArgs::default(), &env)
+        };
+        let e = public(&[]).unwrap_err();
+        assert_eq!(e.key, "host");
+        assert!(
+            e.problem.contains("--tls-cert") && e.problem.contains("--insecure-http"),
+            "{e}"
+        );
+        assert!(public(&[("SIGMAVAULT_INSECURE_HTTP", "true")]).is_ok());
+        assert!(public(&[("SIGMAVAULT_TLS_CERT", "/c.pem"), ("SIGMAVAULT_TLS_KEY", "/k.pem")]).is_ok());
+        let half = public(&[("SIGMAVAULT_TLS_CERT", "/c.pem")]).unwrap_err();
+        assert_eq!(half.key, "tls-cert");
+        assert!(load(ServeArgs::default(), &[("SIGMAVAULT_HOST", "::1")]).is_ok());
+        let c = load(
+            ServeArgs::default(),
+            &[("SIGMAVAULT_ADMIN_PASSWORD", "from the environment")],
+        )
+        .unwrap();
+        assert_eq!(
+            c.security.admin_password.map(|s| s.0).as_deref(),
+            Some("from the environment")
+        );
+        assert!(
+            !format!(
+                "{:?}",
+                load(ServeArgs::default(), &[("SIGMAVAULT_ADMIN_PASSWORD", "hunter22")]).unwrap()
+            )
+            .contains("hunter22")
+        );
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = load(
             ServeArgs {
