@@ -15,6 +15,7 @@ pub mod password;
 pub mod secrets;
 pub mod service;
 pub mod sockets;
+pub mod users;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
