@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared helpers for scripts/test and scripts/autobahn. Source it; do not run it.
+# Shared helpers for scripts/test, scripts/autobahn and the bench scripts. Source it; do not run it.
 
 # Prints a section header.
 section() {
@@ -31,6 +31,42 @@ target_dir() {
         /*) printf '%s\n' "$dir" ;;
         *) printf '%s/%s\n' "$(pwd)" "$dir" ;;
     esac
+}
+
+# Flags that lift the per-IP/per-user limits of `sigmavault serve` for a load test
+# from one machine (tens of thousands of sockets and requests from 127.0.0.1).
+# shellcheck disable=SC2034  # used by the scripts that source this file
+bench_serve_limits=(--http-rate-limit off --login-rate-limit off --login-user-rate-limit off
+    --ws-max-per-ip 0 --ws-max-per-user 0)
+
+# A random password for a throwaway server's first admin (SIGMAVAULT_ADMIN_PASSWORD).
+random_password() {
+    python3 -c 'import secrets; print(secrets.token_urlsafe(24))'
+}
+
+# admin_api_key ADDR PASSWORD: logs in to the server at ADDR (host:port, plain HTTP) as
+# `admin` with PASSWORD, creates an admin API key and prints it. The password and the
+# access token go through stdin and a header file, never through a command line.
+admin_api_key() {
+    local addr=$1 password=$2 access headers
+    access=$(SV_PASSWORD="$password" python3 -c \
+        'import json, os; print(json.dumps({"username": "admin", "password": os.environ["SV_PASSWORD"]}))' |
+        curl -fsS --max-time 30 -H 'Content-Type: application/json' --data-binary @- \
+            "http://$addr/api/v1/auth/login" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])' 2>/dev/null) || {
+        echo "admin_api_key: cannot log in to $addr as admin" >&2
+        return 1
+    }
+    headers=$(mktemp)
+    printf 'Authorization: Bearer %s\nContent-Type: application/json\n' "$access" >"$headers"
+    curl -fsS --max-time 30 -H "@$headers" --data '{"name":"bench","role":"admin"}' \
+        "http://$addr/api/v1/auth/keys" |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["key"])' 2>/dev/null || {
+        rm -f "$headers"
+        echo "admin_api_key: cannot create an API key on $addr" >&2
+        return 1
+    }
+    rm -f "$headers"
 }
 
 # rustup installs cargo under ~/.cargo/bin, which a bare CI environment may not have on PATH.
