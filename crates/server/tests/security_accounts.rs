@@ -238,8 +238,9 @@ async fn an_admin_password_reset_revokes_the_users_sessions() {
 
 #[tokio::test]
 async fn login_attempts_per_user_are_throttled_then_recover() {
-    // One token per second refills a bucket of three.
-    let srv = TestServer::spawn_with(|c| c.security.login_user_rate_limit = rate(3, 3)).await;
+    // A bucket of three, one token back every three seconds: the checks made
+    // while throttled cannot be outrun by the refill even on a loaded machine.
+    let srv = TestServer::spawn_with(|c| c.security.login_user_rate_limit = rate(3, 9)).await;
     create_user(&srv, "victim", "victim-password", "viewer").await;
     let deadline = Instant::now() + WAIT;
     let limited = loop {
@@ -259,12 +260,12 @@ async fn login_attempts_per_user_are_throttled_then_recover() {
         "rate_limited",
         "right password while throttled",
     );
-    // Only this (user, IP) bucket is empty: another user from the same IP gets in,
-    // and the name is compared case-insensitively.
-    login(srv.addr, "admin", ADMIN_PASSWORD).await;
+    // The name is compared case-insensitively.
     try_login(srv.addr, "VICTIM", "a-wrong-guess")
         .await
         .refused(429, "rate_limited", "the same user in capitals");
+    // Only this (user, IP) bucket is empty: another user from the same IP gets in.
+    login(srv.addr, "admin", ADMIN_PASSWORD).await;
     tokio::time::sleep(wait).await;
     let r = try_login(srv.addr, "victim", "victim-password").await;
     assert_eq!(r.status, 200, "after Retry-After ({wait:?}): {}", r.body);
@@ -273,8 +274,8 @@ async fn login_attempts_per_user_are_throttled_then_recover() {
 
 #[tokio::test]
 async fn login_attempts_per_ip_are_throttled_across_usernames() {
-    // The harness's own admin login takes one of the four.
-    let srv = TestServer::spawn_with(|c| c.security.login_rate_limit = rate(4, 4)).await;
+    // The harness's own admin login takes one of the four; one back every three seconds.
+    let srv = TestServer::spawn_with(|c| c.security.login_rate_limit = rate(4, 12)).await;
     let deadline = Instant::now() + WAIT;
     let mut i = 0;
     let limited = loop {
@@ -306,8 +307,9 @@ async fn login_attempts_per_ip_are_throttled_across_usernames() {
 
 #[tokio::test]
 async fn a_rest_burst_is_throttled_then_recovers() {
-    // The harness's setup (login, key creation) takes two of the twenty.
-    let srv = TestServer::spawn_with(|c| c.security.http_rate_limit = rate(20, 1)).await;
+    // The harness's setup (login, key creation) takes two of the twenty; two
+    // come back per second, far fewer than 80 requests at once need.
+    let srv = TestServer::spawn_with(|c| c.security.http_rate_limit = rate(20, 10)).await;
     let burst = (0..80).map(|_| get(srv.addr, "/api/v1/auth/me", Cred::Bearer(&srv.token)));
     let results = futures_util::future::join_all(burst).await;
     let ok = results.iter().filter(|r| r.status == 200).count();
