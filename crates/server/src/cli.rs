@@ -47,6 +47,7 @@ pub fn serve_main(args: ServeArgs) -> ExitCode {
                 eprintln!("sigmavault: {e}");
                 // A certificate or signing key that cannot be used is a configuration problem.
                 return match e {
+                    crate::ServerError::Auth(crate::auth::AuthError::Store(_)) => ExitCode::from(EXIT_STORE),
                     crate::ServerError::Tls(_) | crate::ServerError::Auth(_) => ExitCode::from(EXIT_CONFIG),
                     _ => ExitCode::from(EXIT_STORE),
                 };

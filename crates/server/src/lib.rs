@@ -237,11 +237,13 @@ pub async fn open_store(config: &Config) -> Result<OpenedStore, ServerError> {
 /// cannot grow them without bound.
 async fn forget_idle_limits(auth: auth::Auth, shutdown: CancellationToken) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
-    loop {
+    for round in 1.. {
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = every.tick() => auth.forget_idle(),
+            _ = every.tick() => {}
         }
+        auth.forget_idle();
+        auth.prune_sessions(round).await;
     }
 }
 

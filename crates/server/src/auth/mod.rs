@@ -173,8 +173,8 @@ struct KeyEntry {
 #[derive(Default)]
 struct Index {
     users: HashMap<i64, UserEntry>,
-    /// Live login sessions: id → user.
-    sessions: HashMap<Arc<str>, i64>,
+    /// Live login sessions: id → (user, end of the session in Unix ms).
+    sessions: HashMap<Arc<str>, (i64, i64)>,
     /// Valid keys by digest.
     keys: HashMap<String, KeyEntry>,
 }
@@ -200,6 +200,9 @@ struct AuthInner {
     sockets: SocketCaps,
     data_dir: std::path::PathBuf,
 }
+
+/// Ended sessions are deleted from the store every this many prune rounds (minutes).
+const STORE_PRUNE_EVERY: u64 = 60;
 
 /// How often a key's `last_used_at` is written at most.
 const KEY_TOUCH_EVERY: Duration = Duration::from_secs(60);
@@ -272,7 +275,7 @@ impl Auth {
             );
         }
         for s in sessions {
-            index.sessions.insert(Arc::from(s.id), s.user_id);
+            index.sessions.insert(Arc::from(s.id), (s.user_id, s.expires_ms));
         }
         for (hash, k) in keys {
             index.keys.insert(
@@ -326,7 +329,7 @@ impl Auth {
             .sessions
             .get_key_value(claims.sid.as_str())
             .ok_or(AuthError::Revoked)?;
-        if *owner != user_id {
+        if owner.0 != user_id {
             return Err(AuthError::InvalidToken);
         }
         let user = index.users.get(&user_id).ok_or(AuthError::Revoked)?;
@@ -380,6 +383,59 @@ impl Auth {
                 tracing::debug!(key_id = id, error = %e, "could not record API key use");
             }
         });
+    }
+
+    /// Adds a session that ends `ttl_ms` from now to the index.
+    fn index_session(&self, sid: &str, user_id: i64, ttl_ms: i64) {
+        let ends = chrono::Utc::now().timestamp_millis() + ttl_ms;
+        self.inner
+            .index
+            .write()
+            .sessions
+            .insert(Arc::from(sid), (user_id, ends));
+    }
+
+    /// Drops ended sessions from the index, and (every `STORE_PRUNE_EVERY`
+    /// rounds) sessions that ended over a day ago from the store, so neither
+    /// grows with every login for the life of the server.
+    pub async fn prune_sessions(&self, round: u64) {
+        let now = chrono::Utc::now().timestamp_millis();
+        self.inner.index.write().sessions.retain(|_, (_, ends)| *ends > now);
+        if round % STORE_PRUNE_EVERY == 0 {
+            let before = now - 24 * 3600 * 1000;
+            match self
+                .inner
+                .store
+                .write(move |tx| accounts::prune_sessions(tx.conn(), before))
+                .await
+            {
+                Ok((n, _)) if n > 0 => tracing::info!(sessions = n, "pruned ended login sessions"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not prune ended login sessions"),
+            }
+        }
+    }
+
+    /// Whether a socket's credential is still good. Checked once a socket is
+    /// registered, so a revocation racing its upgrade cannot miss it: the
+    /// revoker changes the index before it walks the registered sockets.
+    pub fn still_valid(&self, a: &SocketAuth) -> bool {
+        let index = self.inner.index.read();
+        let Some(user) = index.users.get(&a.user_id) else {
+            return false;
+        };
+        if user.disabled {
+            return false;
+        }
+        match &a.credential {
+            Credential::Session(sid) => {
+                index.sessions.get(sid).is_some_and(|(u, _)| *u == a.user_id) && user.role == a.role
+            }
+            Credential::Key(id) => index
+                .keys
+                .values()
+                .any(|k| k.id == *id && k.role.min(user.role) == a.role),
+        }
     }
 
     /// Closes every socket authenticated by `credential` with 4401.

@@ -154,7 +154,7 @@ impl Auth {
         let ua: String = user_agent.chars().take(MAX_USER_AGENT).collect();
         let user_id = user.id;
         let ip_text = ip.to_string();
-        let ((sid, refresh), _) = self
+        let (((sid, refresh), user), _) = self
             .inner
             .store
             .write(move |tx| {
@@ -170,14 +170,10 @@ impl Auth {
                     &format!("user/{user_id}"),
                     json!({"session_id": opened.0, "rehashed": rehash.is_some()}),
                 )?;
-                Ok(opened)
+                Ok((opened, accounts::get_user(tx.conn(), user_id)?))
             })
             .await?;
-        self.inner
-            .index
-            .write()
-            .sessions
-            .insert(Arc::from(sid.as_str()), user_id);
+        self.index_session(&sid, user_id, ttl);
         tracing::info!(user_id, username = %user.username, client_ip = %ip, "login");
         let pair = self.issue(user_id, &sid, refresh)?;
         Ok((pair, user))

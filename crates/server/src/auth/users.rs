@@ -192,11 +192,15 @@ impl Auth {
         role: Option<Role>,
         disabled: Option<bool>,
     ) -> Result<User, AuthError> {
+        let before = self.inner.index.read().users.get(&id).map(|u| (u.role, u.disabled));
         let ((user, revoked), _) = self
             .inner
             .store
             .write(move |tx| update_user_tx(tx, &actor, id, role, disabled))
             .await?;
+        if before == Some((user.role, user.disabled)) {
+            return Ok(user);
+        }
         self.index_user(&user);
         if !revoked.is_empty() || user.disabled {
             self.after_revocation(id, &revoked, "account changed");
@@ -236,6 +240,8 @@ impl Auth {
                 "log in with a password to change it (not with an API key)".into(),
             ));
         }
+        // Guessing the current password with a stolen token is a login attempt too.
+        self.check_login_rate(&p.username, ip)?;
         check_password("new_password", &new)?;
         let id = p.user_id;
         let stored = self.inner.store.read(move |c| accounts::password_hash(c, id)).await?;
@@ -260,7 +266,7 @@ impl Auth {
             })
             .await?;
         self.after_revocation(id, &revoked, "password changed");
-        self.inner.index.write().sessions.insert(Arc::from(sid.as_str()), id);
+        self.index_session(&sid, id, ttl);
         forget_initial_password(&self.inner.data_dir, &user);
         self.issue(id, &sid, refresh)
     }

@@ -454,7 +454,20 @@ impl Layers<'_> {
         let plural = format!("{key}s");
         let env_key = format!("SIGMAVAULT_{}", plural.replace('-', "_").to_uppercase());
         if let Some(v) = (self.env)(&env_key) {
-            return Ok(v.split(':').filter(|p| !p.is_empty()).map(str::to_owned).collect());
+            // Paths are `:`-separated as in PATH; values that contain colons
+            // themselves (origins, IPv6 networks) are separated by commas or spaces.
+            let by_colon = matches!(key, "share-root");
+            return Ok(v
+                .split(|c: char| {
+                    if by_colon {
+                        c == ':'
+                    } else {
+                        c == ',' || c.is_whitespace()
+                    }
+                })
+                .filter(|p| !p.is_empty())
+                .map(str::to_owned)
+                .collect());
         }
         let names = [
             key.to_owned(),
@@ -844,6 +857,22 @@ mod tests {
         let half = public(&[("SIGMAVAULT_TLS_CERT", "/c.pem")]).unwrap_err();
         assert_eq!(half.key, "tls-cert");
         assert!(load(ServeArgs::default(), &[("SIGMAVAULT_HOST", "::1")]).is_ok());
+        let c = load(
+            ServeArgs::default(),
+            &[
+                (
+                    "SIGMAVAULT_ALLOWED_ORIGINS",
+                    "https://nas.example:8443, http://[::1]:3000",
+                ),
+                ("SIGMAVAULT_TRUSTED_PROXIES", "10.0.0.0/8,fd00::/8"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.security.allowed_origins,
+            vec!["https://nas.example:8443".to_owned(), "http://[::1]:3000".to_owned()]
+        );
+        assert_eq!(c.security.trusted_proxies.len(), 2);
         let c = load(
             ServeArgs::default(),
             &[("SIGMAVAULT_ADMIN_PASSWORD", "from the environment")],

@@ -66,8 +66,13 @@ pub(crate) async fn run<S>(
     // to it, not even `welcome`.
     let pending = match (kind, gate.initial) {
         (SessionKind::Events, Some(initial)) => {
-            session.set_auth(initial);
+            session.set_auth(initial.clone());
             hub.register(&session, opening);
+            if let Some(auth) = &gate.auth
+                && !auth.still_valid(&initial)
+            {
+                session.with_outbox(|o| o.request_close(CloseCode::Unauthorized, "token revoked"));
+            }
             None
         }
         (SessionKind::Events, None) => Some(opening),

@@ -72,10 +72,15 @@ impl HubInbound {
             )
         })?;
         self.session.slots.lock().push(slot);
-        self.session.set_auth(SocketAuth::from_principal(&principal));
+        let socket_auth = SocketAuth::from_principal(&principal);
+        self.session.set_auth(socket_auth.clone());
         if let Some((opening, _)) = self.pending.take() {
             tracing::debug!(client_id = %self.session.client_id, user_id = principal.user_id, "socket authenticated by message");
             self.hub.register(&self.session, opening);
+        }
+        // A revocation between the check above and the registration would have missed us.
+        if !auth.still_valid(&socket_auth) {
+            return Err((CloseCode::Unauthorized, "token_revoked".to_owned()));
         }
         Ok(())
     }

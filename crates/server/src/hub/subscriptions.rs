@@ -92,7 +92,7 @@ impl Hub {
                 o.delivered = DeliveredLog::live_from(head, subs.clone());
             });
             if !refused.is_empty() {
-                let msg = forbidden_message(&refused);
+                let msg = forbidden_message(&refused, "they were left out of the subscriptions");
                 session.with_outbox(|o| o.push_control(error_frame(None, "forbidden", &msg)));
             }
             self.push_current_state(session, &subs, None);
@@ -137,7 +137,7 @@ impl Hub {
         if !session.admin.load(Ordering::Relaxed) {
             let refused: Vec<Pattern> = patterns.iter().filter(|p| p.admin_only()).cloned().collect();
             if !refused.is_empty() {
-                let msg = forbidden_message(&refused);
+                let msg = forbidden_message(&refused, "nothing was subscribed");
                 session.with_outbox(|o| o.push_control(error_frame(id, "forbidden", &msg)));
                 return;
             }
@@ -195,10 +195,10 @@ impl Hub {
 }
 
 /// The error for a viewer asking for admin-only types.
-fn forbidden_message(refused: &[Pattern]) -> String {
+fn forbidden_message(refused: &[Pattern], outcome: &str) -> String {
     let names: Vec<String> = refused.iter().map(ToString::to_string).collect();
     format!(
-        "{} admin-only (audit.*); this connection's role is viewer, so nothing was subscribed",
+        "{} admin-only (audit.*) and this connection's role is viewer: {outcome}",
         names.join(", ") + if names.len() == 1 { " is" } else { " are" }
     )
 }

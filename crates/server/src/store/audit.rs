@@ -13,7 +13,7 @@ use super::{StoreError, WriteTx};
 /// Who acted, and from where.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Actor {
-    /// A user name, `key:<id>` suffix for API keys, `cli`, `system`, or the
+    /// A user name (`NAME (key ID)` for API keys), `cli`, `system`, or the
     /// attempted name of a failed login.
     pub name: String,
     /// Client address (after `--trusted-proxies`), empty for local actors.
