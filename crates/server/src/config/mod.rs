@@ -456,7 +456,7 @@ impl Layers<'_> {
         if let Some(v) = (self.env)(&env_key) {
             // Paths are `:`-separated as in PATH; values that contain colons
             // themselves (origins, IPv6 networks) are separated by commas or spaces.
-            let by_colon = matches!(key, "share-root");
+            let by_colon = matches!(key, "share-root" | "source-interval");
             return Ok(v
                 .split(|c: char| {
                     if by_colon {
