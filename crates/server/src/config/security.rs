@@ -54,10 +54,20 @@ pub struct SecurityArgs {
     #[arg(long)]
     pub ws_max_per_user: Option<String>,
     /// A browser origin (scheme://host[:port]) allowed to use the API and /ws besides the server's own; repeat for several [default: none].
-    #[arg(long = "allowed-origin", value_name = "ORIGIN")]
+    #[arg(
+        long = "allowed-origin",
+        visible_alias = "allowed-origins",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
     pub allowed_origins: Vec<String>,
     /// A proxy (IP or CIDR) whose X-Forwarded-For is believed; repeat for several [default: none].
-    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    #[arg(
+        long = "trusted-proxy",
+        visible_alias = "trusted-proxies",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
     pub trusted_proxies: Vec<String>,
     /// PEM certificate chain: serve HTTPS and WSS [default: none].
     #[arg(long)]

@@ -69,6 +69,7 @@ fn validate(index: Option<usize>, raw: Value) -> Result<NewEvent, ApiError> {
 /// Publishes; answers 202 with the assigned seqs.
 pub(crate) async fn publish(
     State(app): State<AppState>,
+    super::guard::Acting(actor): super::guard::Acting,
     headers: HeaderMap,
     body: Body,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -104,7 +105,13 @@ pub(crate) async fn publish(
         }
         None => vec![validate(None, Value::Object(object))?],
     };
-    let seqs: Vec<u64> = app.hub.publish(events).await?.into_iter().flatten().collect();
+    let seqs: Vec<u64> = app
+        .hub
+        .publish_audited(events, actor)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
     let body = if let [seq] = seqs.as_slice() {
         json!({"seq": seq, "seqs": seqs, "epoch": app.hub.epoch()})
     } else {

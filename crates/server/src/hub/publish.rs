@@ -128,6 +128,49 @@ impl Hub {
         }
     }
 
+    /// [`Hub::publish`] for a client's request, with its audit record: in the
+    /// same transaction when the events are stored; otherwise (state messages,
+    /// or memory history) written right after delivery without holding up the
+    /// reply, so the memory-history path keeps its speed.
+    pub async fn publish_audited(
+        &self,
+        events: Vec<NewEvent>,
+        actor: crate::store::audit::Actor,
+    ) -> Result<Vec<Option<u64>>, PublishError> {
+        if self.is_closing() {
+            return Err(PublishError::ShuttingDown);
+        }
+        let mut types: Vec<String> = events.iter().map(|e| e.kind.clone()).collect();
+        types.sort_unstable();
+        types.dedup();
+        types.truncate(20);
+        let detail = serde_json::json!({"count": events.len(), "types": types});
+        let Some(store) = self.inner.store.clone() else {
+            return self.publish_now(events);
+        };
+        let audit = move |tx: &mut crate::store::WriteTx<'_>| {
+            crate::store::audit::record(tx, &actor, "events.publish", "events", detail)
+        };
+        if self.needs_store(&events) {
+            let (_, seqs) = store
+                .write(move |tx| {
+                    for e in events {
+                        tx.publish(e.kind, e.data)?;
+                    }
+                    audit(tx)
+                })
+                .await?;
+            return Ok(seqs);
+        }
+        let seqs = self.publish_now(events)?;
+        tokio::spawn(async move {
+            if let Err(e) = store.write(audit).await {
+                tracing::warn!(error = %e, "could not write the audit record of a publish");
+            }
+        });
+        Ok(seqs)
+    }
+
     /// Whether publishing these messages writes to the store.
     fn needs_store(&self, events: &[NewEvent]) -> bool {
         events.iter().any(|e| {
@@ -229,7 +272,7 @@ impl Hub {
     /// `"durable": false`), and streams with their own durable cursor (audit).
     pub(crate) fn deliver_unsequenced(&self, events: Vec<NewEvent>, not_durable: bool) {
         let ts = timestamp();
-        let _publish = self.inner.publish.lock();
+        let mut publish = self.inner.publish.lock();
         for e in events {
             let kind: Arc<str> = Arc::from(e.kind.as_str());
             let mut text = String::with_capacity(e.kind.len() + 96);
@@ -245,10 +288,10 @@ impl Hub {
             text.push_str(&e.data.to_string());
             text.push('}');
             let bytes = wire::text(&text);
-            for s in self.inner.sessions.read().values() {
-                if s.receives(&kind) {
-                    s.with_outbox(|o| o.push_control(bytes.clone()));
-                }
+            // The cached subscriber list: audit events have few or no subscribers,
+            // and walking every session per event would cost the publish lock dearly.
+            for s in self.subscribers(&mut publish, &kind).iter() {
+                s.with_outbox(|o| o.push_control(bytes.clone()));
             }
             self.inner.counters.published.fetch_add(1, Ordering::Relaxed);
         }
