@@ -23,6 +23,12 @@ fn rate(burst: u32, secs: u64) -> Option<RateSpec> {
     })
 }
 
+/// `POST /api/v1/auth/password`, whatever its outcome.
+async fn change_password(addr: std::net::SocketAddr, cred: Cred<'_>, current: &str, new: &str) -> Resp {
+    let body = json!({"current_password": current, "new_password": new});
+    post(addr, "/api/v1/auth/password", cred, body).await
+}
+
 /// The Retry-After of a 429, in seconds (at least 1).
 fn retry_after(r: &Resp) -> Duration {
     let secs: u64 = r
@@ -78,28 +84,58 @@ async fn the_last_enabled_admin_cannot_be_disabled_or_demoted() {
 }
 
 #[tokio::test]
+async fn users_are_validated_and_listed_without_secrets() {
+    let srv = TestServer::spawn().await;
+    let key = Cred::Bearer(&srv.token);
+    let id = create_user(&srv, "lister", "lister-password", "viewer").await;
+    for (name, pw, status) in [
+        ("LISTER", "other-password", 409),
+        ("bad name!", "bad-name-password", 422),
+        ("short", "short", 422),
+    ] {
+        let r = post(
+            srv.addr,
+            "/api/v1/users",
+            key,
+            json!({"username": name, "password": pw}),
+        )
+        .await;
+        assert_eq!(r.status, status, "{name}/{pw}: {}", r.body);
+    }
+    let list = get(srv.addr, "/api/v1/users", key).await;
+    let names: Vec<&str> = list.body["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| s(&u["username"]))
+        .collect();
+    assert_eq!(names, ["admin", "lister"], "{}", list.body);
+    let text = list.body.to_string();
+    assert!(
+        !text.contains("hash") && !text.contains("lister-password") && !text.contains(ADMIN_PASSWORD),
+        "{text}"
+    );
+    let one = get(srv.addr, &format!("/api/v1/users/{id}"), key).await;
+    assert_eq!(
+        (one.status, &one.body["username"]),
+        (200, &json!("lister")),
+        "{}",
+        one.body
+    );
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn a_password_change_revokes_the_users_other_sessions() {
     let srv = TestServer::spawn().await;
     create_user(&srv, "pat", "old-password-1", "viewer").await;
     let a = login(srv.addr, "pat", "old-password-1").await;
     let b = login(srv.addr, "pat", "old-password-1").await;
     let ac = Cred::Bearer(s(&a["access_token"]));
-    let r = post(
-        srv.addr,
-        "/api/v1/auth/password",
-        ac,
-        json!({"current_password": "wrong-password", "new_password": "new-password-1"}),
-    )
-    .await;
+    let r = change_password(srv.addr, ac, "wrong-password", "new-password-1").await;
     r.refused(422, "validation_failed", "wrong current password");
     assert_eq!(r.body["error"]["fields"][0]["field"], "current_password", "{}", r.body);
-    let r = post(
-        srv.addr,
-        "/api/v1/auth/password",
-        ac,
-        json!({"current_password": "old-password-1", "new_password": "short"}),
-    )
-    .await;
+    let r = change_password(srv.addr, ac, "old-password-1", "short").await;
     assert_eq!(r.status, 422, "a 5-character password: {}", r.body);
     // Nothing changed so far.
     assert_eq!(
@@ -109,13 +145,7 @@ async fn a_password_change_revokes_the_users_other_sessions() {
         200
     );
 
-    let r = post(
-        srv.addr,
-        "/api/v1/auth/password",
-        ac,
-        json!({"current_password": "old-password-1", "new_password": "new-password-1"}),
-    )
-    .await;
+    let r = change_password(srv.addr, ac, "old-password-1", "new-password-1").await;
     assert_eq!(r.status, 200, "{}", r.body);
     let fresh = r.body;
     let me = get(srv.addr, "/api/v1/auth/me", Cred::Bearer(s(&fresh["access_token"]))).await;
@@ -128,13 +158,7 @@ async fn a_password_change_revokes_the_users_other_sessions() {
     let old = try_login(srv.addr, "pat", "old-password-1").await;
     old.refused(401, "invalid_credentials", "old password");
     login(srv.addr, "pat", "new-password-1").await;
-    let r = post(
-        srv.addr,
-        "/api/v1/auth/password",
-        Cred::Bearer(&srv.token),
-        json!({"current_password": ADMIN_PASSWORD, "new_password": "another-password"}),
-    )
-    .await;
+    let r = change_password(srv.addr, Cred::Bearer(&srv.token), ADMIN_PASSWORD, "another-password").await;
     r.refused(403, "forbidden", "password change with an API key");
     srv.stop().await;
 }
@@ -537,11 +561,11 @@ async fn without_an_admin_password_the_first_admin_gets_a_generated_one_in_a_pri
     let generated = std::fs::read_to_string(&file).expect("read").trim().to_owned();
     assert!(generated.len() >= 16, "a weak generated password: {generated:?}");
     let pair = login(addr, "admin", &generated).await;
-    let r = post(
+    let r = change_password(
         addr,
-        "/api/v1/auth/password",
         Cred::Bearer(s(&pair["access_token"])),
-        json!({"current_password": generated, "new_password": "chosen-admin-password"}),
+        &generated,
+        "chosen-admin-password",
     )
     .await;
     assert_eq!(r.status, 200, "{}", r.body);
