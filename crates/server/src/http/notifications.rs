@@ -82,15 +82,48 @@ pub(crate) async fn list(State(app): State<AppState>, RawQuery(query): RawQuery)
 }
 
 /// `POST /api/v1/notifications/{id}/read`.
-pub(crate) async fn read(State(app): State<AppState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+pub(crate) async fn read(
+    State(app): State<AppState>,
+    super::guard::Acting(actor): super::guard::Acting,
+    Path(raw): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = id(&raw)?;
-    let (n, _) = app.store.write(move |tx| notifications::mark_read(tx, id)).await?;
+    let (n, _) = app
+        .store
+        .write(move |tx| {
+            let n = notifications::mark_read(tx, id)?;
+            crate::store::audit::record(
+                tx,
+                &actor,
+                "notification.read",
+                &format!("notification/{id}"),
+                json!({}),
+            )?;
+            Ok(n)
+        })
+        .await?;
     Ok(Json(json!(n)))
 }
 
 /// `POST /api/v1/notifications/read-all`.
-pub(crate) async fn read_all(State(app): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let (ids, _) = app.store.write(notifications::mark_all_read).await?;
+pub(crate) async fn read_all(
+    State(app): State<AppState>,
+    super::guard::Acting(actor): super::guard::Acting,
+) -> Result<Json<Value>, ApiError> {
+    let (ids, _) = app
+        .store
+        .write(move |tx| {
+            let ids = notifications::mark_all_read(tx)?;
+            crate::store::audit::record(
+                tx,
+                &actor,
+                "notification.read_all",
+                "notifications",
+                json!({"marked": ids.len()}),
+            )?;
+            Ok(ids)
+        })
+        .await?;
     Ok(Json(json!({"marked": ids.len(), "ids": ids})))
 }
 
