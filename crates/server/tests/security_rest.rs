@@ -46,6 +46,8 @@ async fn requests_without_credentials_get_401_json_with_www_authenticate() {
         .await
         .expect("request");
     assert_eq!(basic.status(), 401);
+    let body: Value = basic.json().await.expect("JSON body");
+    assert_eq!(body["error"]["code"], "unauthorized", "another scheme: {body}");
     srv.stop().await;
 }
 
