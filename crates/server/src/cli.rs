@@ -133,8 +133,23 @@ impl Signals {
 }
 
 /// Logs go to stderr; stdout carries only the `listening on` line.
+/// Libraries that log message or header contents at TRACE (tungstenite logs every
+/// frame it receives, `auth` messages with their tokens included): capped at
+/// INFO whatever the configured level, so no log level ever prints a credential.
+const CAPPED_LIBRARIES: &[&str] = &["tungstenite", "tokio_tungstenite", "hyper", "hyper_util"];
+
+/// The log filter for `--log-level`, with [`CAPPED_LIBRARIES`] capped.
+pub fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let mut filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    for lib in CAPPED_LIBRARIES {
+        let directive = format!("{lib}=info").parse().map_err(|e| format!("{e}"))?;
+        filter = filter.add_directive(directive);
+    }
+    Ok(filter)
+}
+
 fn init_tracing(config: &Config) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log_level).map_err(|e| e.to_string())?;
+    let filter = log_filter(&config.log_level)?;
     // No colour codes when stderr is a file or a pipe (journald, log shippers).
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()

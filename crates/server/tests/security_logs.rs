@@ -46,7 +46,8 @@ impl Capture {
 fn install(capture: &Capture) {
     let writer = capture.clone();
     let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
+        // The binary's filter at its most verbose.
+        .with_env_filter(sigmavault_server::cli::log_filter("trace").expect("filter"))
         .with_span_events(
             tracing_subscriber::fmt::format::FmtSpan::NEW | tracing_subscriber::fmt::format::FmtSpan::CLOSE,
         )

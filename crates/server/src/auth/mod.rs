@@ -177,6 +177,8 @@ struct Index {
     sessions: HashMap<Arc<str>, (i64, i64)>,
     /// Valid keys by digest.
     keys: HashMap<String, KeyEntry>,
+    /// Digests of revoked keys: answered `token_revoked`, not `invalid_token`.
+    revoked_keys: std::collections::HashSet<String>,
 }
 
 /// Handle to the auth service; cheap to clone.
@@ -259,7 +261,7 @@ impl Auth {
                 Ok((
                     accounts::list_users(c)?,
                     accounts::active_sessions(c, now_ms)?,
-                    accounts::active_key_hashes(c)?,
+                    accounts::key_hashes(c)?,
                 ))
             })
             .await?;
@@ -278,6 +280,10 @@ impl Auth {
             index.sessions.insert(Arc::from(s.id), (s.user_id, s.expires_ms));
         }
         for (hash, k) in keys {
+            if k.revoked_at.is_some() {
+                index.revoked_keys.insert(hash);
+                continue;
+            }
             index.keys.insert(
                 hash,
                 KeyEntry {
@@ -349,7 +355,11 @@ impl Auth {
         let digest = secrets::digest(key);
         let principal = {
             let index = self.inner.index.read();
-            let entry = index.keys.get(&digest).ok_or(AuthError::InvalidToken)?;
+            let entry = match index.keys.get(&digest) {
+                Some(e) => e,
+                None if index.revoked_keys.contains(&digest) => return Err(AuthError::Revoked),
+                None => return Err(AuthError::InvalidToken),
+            };
             let user = index.users.get(&entry.user_id).ok_or(AuthError::Revoked)?;
             if user.disabled {
                 return Err(AuthError::Revoked);

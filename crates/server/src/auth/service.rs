@@ -358,7 +358,19 @@ impl Auth {
                 Ok(key)
             })
             .await?;
-        self.inner.index.write().keys.retain(|_, k| k.id != id);
+        {
+            let mut index = self.inner.index.write();
+            let digests: Vec<String> = index
+                .keys
+                .iter()
+                .filter(|(_, k)| k.id == id)
+                .map(|(d, _)| d.clone())
+                .collect();
+            for d in digests {
+                index.keys.remove(&d);
+                index.revoked_keys.insert(d);
+            }
+        }
         self.close_credential(&Credential::Key(id), "API key revoked");
         Ok(record)
     }

@@ -395,11 +395,11 @@ pub fn list_keys(conn: &Connection, user_id: Option<i64>) -> Result<Vec<ApiKey>,
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
-/// Valid keys with their hashes, for the in-memory index.
-pub fn active_key_hashes(conn: &Connection) -> Result<Vec<(String, ApiKey)>, StoreError> {
+/// Every key with its hash (revoked ones included, so they are answered as
+/// revoked rather than unknown), for the in-memory index.
+pub fn key_hashes(conn: &Connection) -> Result<Vec<(String, ApiKey)>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {KEY_COLUMNS}, k.hash FROM api_keys k JOIN users u ON u.id = k.user_id
-         WHERE k.revoked_at IS NULL"
+        "SELECT {KEY_COLUMNS}, k.hash FROM api_keys k JOIN users u ON u.id = k.user_id"
     ))?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(9)?, key_row(r)?)))?;
     Ok(rows.collect::<Result<_, _>>()?)
