@@ -408,6 +408,22 @@ fn watch_fails_at_once_on_a_permanent_refusal_or_a_bad_pattern() {
         "{out:?}"
     );
 
+    // A refused token: the server says 401 before any 101, and watch cannot refresh it.
+    let mut cmd = command(common::bin());
+    cmd.args(["watch", "--url", &ws_url(srv.addr), "--token", "svk_not-a-real-key"]);
+    let out = run_to_exit(cmd, WAIT);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("error: ") && l.contains("401")),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains("svk_not-a-real-key"),
+        "the token is not echoed: {out:?}"
+    );
+
     let mut cmd = command(common::bin());
     cmd.args(["watch", "--url", &ws_url(srv.addr), "--types", "custom.*,Bad"]);
     let out = run_to_exit(cmd, WAIT);

@@ -172,14 +172,15 @@ async fn connect_inner(target: &Target, opts: &ConnectOptions) -> Result<Connect
     })
 }
 
-/// Whether a connect error is worth retrying: an HTTP refusal of the upgrade (404, 400, 403)
-/// will not go away by itself, whereas refused TCP, timeouts, 401/429/5xx may.
+/// Whether a connect error is worth retrying: an HTTP refusal of the upgrade (404, 400, 401,
+/// 403) will not go away by itself — a refused token stays refused, and these clients
+/// cannot refresh one — whereas refused TCP, timeouts, 429 and 5xx may.
 pub(crate) fn connect_error_is_permanent(err: &anyhow::Error) -> bool {
     use tokio_tungstenite::tungstenite::Error as WsError;
     err.chain().any(|cause| match cause.downcast_ref::<WsError>() {
         Some(WsError::Http(response)) => {
             let status = response.status().as_u16();
-            (400..500).contains(&status) && !matches!(status, 401 | 408 | 429)
+            (400..500).contains(&status) && !matches!(status, 408 | 429)
         }
         Some(WsError::Url(_)) => true,
         _ => false,
@@ -303,5 +304,19 @@ mod tests {
         ));
         assert!(connect_error_is_permanent(&anyhow!(not_found).context("handshake")));
         assert!(!connect_error_is_permanent(&anyhow!("connection refused")));
+        let status = |code: u16| {
+            anyhow!(tokio_tungstenite::tungstenite::Error::Http(Box::new(
+                tokio_tungstenite::tungstenite::http::Response::builder()
+                    .status(code)
+                    .body(None)
+                    .expect("static response"),
+            )))
+        };
+        assert!(
+            connect_error_is_permanent(&status(401)),
+            "a refused token stays refused"
+        );
+        assert!(!connect_error_is_permanent(&status(429)));
+        assert!(!connect_error_is_permanent(&status(503)));
     }
 }
