@@ -411,7 +411,7 @@ impl Auth {
     pub async fn prune_sessions(&self, round: u64) {
         let now = chrono::Utc::now().timestamp_millis();
         self.inner.index.write().sessions.retain(|_, (_, ends)| *ends > now);
-        if round % STORE_PRUNE_EVERY == 0 {
+        if round.is_multiple_of(STORE_PRUNE_EVERY) {
             let before = now - 24 * 3600 * 1000;
             match self
                 .inner
