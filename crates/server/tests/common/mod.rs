@@ -215,12 +215,19 @@ impl WsClient {
     }
 
     /// Next JSON message whose type is not heartbeat/state noise we did not ask for.
+    /// Bounded by [`WAIT`] in all: other frames arriving all the time (host data
+    /// every few milliseconds) must not make it wait forever.
     pub async fn next_of(&mut self, kind: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let v = self.next_json().await;
             if v["type"] == kind {
                 return v;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no {kind} message within {WAIT:?}; the last one was {v}"
+            );
         }
     }
 
