@@ -88,7 +88,7 @@ pub fn router(app: AppState) -> Router {
         .layer(middleware::from_fn_with_state(app.clone(), request_timeout))
         .layer(middleware::from_fn_with_state(app.clone(), guard::client_and_rate))
         .layer(middleware::from_fn_with_state(app.clone(), guard::security_headers))
-        .layer(middleware::from_fn(access_log))
+        .layer(middleware::from_fn_with_state(app.clone(), access_log))
         .layer(PropagateRequestIdLayer::new(X_REQUEST_ID.clone()))
         .layer(SetRequestIdLayer::new(X_REQUEST_ID.clone(), MakeRequestUuid))
         .with_state(app)
@@ -170,12 +170,16 @@ async fn request_timeout(State(app): State<AppState>, req: Request, next: Next) 
     }
 }
 
-/// One structured line per request.
-async fn access_log(req: Request, next: Next) -> Response {
+/// One structured line per request, with the client address as the limits and
+/// the audit log see it (through `--trusted-proxy`).
+async fn access_log(State(app): State<AppState>, req: Request, next: Next) -> Response {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let client_ip = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+    let client_ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| crate::auth::limits::client_ip(c.0.ip(), req.headers(), &app.config.security.trusted_proxies));
     let user_agent = req
         .headers()
         .get(header::USER_AGENT)
