@@ -107,3 +107,46 @@ async fn publishes_and_notification_changes_are_audited_and_streamed_live_withou
     }
     srv.stop().await;
 }
+
+/// `X-Forwarded-For` is believed only from a `--trusted-proxy`: then the audit
+/// log (and the limits) see the client behind the proxy; otherwise the peer.
+#[tokio::test]
+async fn forwarded_for_counts_only_from_a_trusted_proxy() {
+    async fn login_via_proxy(srv: &TestServer) {
+        let resp = reqwest::Client::new()
+            .post(srv.url("/api/v1/auth/login"))
+            .header("x-forwarded-for", "198.51.100.9, 203.0.113.7")
+            .json(&json!({"username": "admin", "password": common::ADMIN_PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    let last_login_ip = async |srv: &TestServer| {
+        audit(srv, "action=auth.login&limit=1").await[0]["ip"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let trusting = TestServer::spawn_with(|c| {
+        c.security.trusted_proxies = vec![sigmavault_server::config::Cidr::parse("127.0.0.0/8").unwrap()];
+    })
+    .await;
+    login_via_proxy(&trusting).await;
+    assert_eq!(
+        last_login_ip(&trusting).await,
+        "203.0.113.7",
+        "the right-most address the trusted proxy added"
+    );
+    trusting.stop().await;
+
+    let direct = TestServer::spawn().await;
+    login_via_proxy(&direct).await;
+    assert_eq!(
+        last_login_ip(&direct).await,
+        "127.0.0.1",
+        "a header from an untrusted peer is ignored"
+    );
+    direct.stop().await;
+}
