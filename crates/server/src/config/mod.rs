@@ -451,7 +451,10 @@ impl Layers<'_> {
         if !flags.is_empty() {
             return Ok(flags.to_vec());
         }
-        let plural = format!("{key}s");
+        let plural = match key.strip_suffix('y') {
+            Some(stem) => format!("{stem}ies"),
+            None => format!("{key}s"),
+        };
         let env_key = format!("SIGMAVAULT_{}", plural.replace('-', "_").to_uppercase());
         if let Some(v) = (self.env)(&env_key) {
             // Paths are `:`-separated as in PATH; values that contain colons
@@ -873,6 +876,23 @@ mod tests {
             vec!["https://nas.example:8443".to_owned(), "http://[::1]:3000".to_owned()]
         );
         assert_eq!(c.security.trusted_proxies.len(), 2);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "trusted-proxies = [\"10.0.0.1\", \"::1\"]\nallowed_origins = [\"https://a.example\"]\n",
+        )
+        .unwrap();
+        let c = load(
+            ServeArgs {
+                config: Some(file),
+                ..Default::default()
+            },
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.security.trusted_proxies.len(), 2, "the file's plural key");
+        assert_eq!(c.security.allowed_origins, vec!["https://a.example:443".to_owned()]);
         let c = load(
             ServeArgs::default(),
             &[("SIGMAVAULT_ADMIN_PASSWORD", "from the environment")],
