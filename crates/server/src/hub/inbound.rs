@@ -110,8 +110,15 @@ impl HubInbound {
             );
             return;
         }
-        *a = SocketAuth::from_principal(&principal);
+        let renewed = SocketAuth::from_principal(&principal);
+        *a = renewed.clone();
         drop(current);
+        // As for a first `auth`: a revocation racing this renewal must not be missed.
+        if !auth.still_valid(&renewed) {
+            self.session
+                .with_outbox(|o| o.request_close(CloseCode::Unauthorized, "token revoked"));
+            return;
+        }
         let reply = serde_json::json!({
             "user": &*principal.username,
             "role": principal.role,
