@@ -43,6 +43,47 @@ async fn passive_client_stays_connected_through_many_pings() {
 }
 
 #[tokio::test]
+async fn the_ping_rides_on_the_heartbeat() {
+    // Heartbeat every 300 ms, ping every 400 ms: a ping at least 100 ms old goes out
+    // with the next heartbeat, in the same write, so each heartbeat is followed by
+    // its ping and the sweeper never needs to ping on its own (which would show as
+    // two heartbeats without a ping between them, or two pings without a heartbeat).
+    let srv = TestServer::spawn_with(|c| {
+        c.ws_ping_interval = ms(400);
+        c.ws_pong_timeout = ms(2000);
+        c.heartbeat_interval = ms(300);
+    })
+    .await;
+    let mut c = srv.connect().await;
+    let mut seen = String::new();
+    while seen.matches('H').count() < 8 {
+        match tokio::time::timeout(WAIT, c.ws.next()).await {
+            Ok(Some(Ok(Message::Ping(_)))) => seen.push('P'),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                let v: Value = serde_json::from_str(&t).expect("JSON");
+                if v["type"] == "heartbeat" {
+                    seen.push('H');
+                }
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!("after {seen}: {other:?}"),
+        }
+    }
+    // Before the first pairing the ping may be too young to ride (a heartbeat right
+    // after connecting) or come from the sweeper; once one heartbeat has carried a
+    // ping, heartbeat and ping alternate.
+    let from_first = &seen[seen.find("HP").unwrap_or(0)..];
+    let paired = from_first.strip_suffix('H').unwrap_or(from_first);
+    assert!(paired.len() >= 10, "too few pairs: {seen}");
+    assert_eq!(
+        paired,
+        "HP".repeat(paired.len() / 2),
+        "heartbeats (H) and pings (P) as received: {seen}"
+    );
+    c.ping_pong().await;
+}
+
+#[tokio::test]
 async fn peer_that_never_answers_pings_is_closed_with_4000() {
     let srv = TestServer::spawn_with(|c| {
         c.ws_ping_interval = ms(100);

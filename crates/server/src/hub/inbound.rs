@@ -4,6 +4,7 @@
 //! endpoint decides what a message means through [`Inbound`].
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -112,6 +113,9 @@ impl HubInbound {
         }
         let renewed = SocketAuth::from_principal(&principal);
         *a = renewed.clone();
+        self.session
+            .expires_at_ms
+            .store(renewed.expires_at_ms.unwrap_or(i64::MAX), Ordering::Relaxed);
         drop(current);
         // As for a first `auth`: a revocation racing this renewal must not be missed.
         if !auth.still_valid(&renewed) {

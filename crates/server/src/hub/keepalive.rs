@@ -79,6 +79,9 @@ fn sweep(hub: &Hub) {
 /// Warns a socket whose token expires soon (`auth.expiring`, once per token)
 /// and closes it with 4401 once the token has expired (plus the leeway).
 fn check_expiry(s: &super::session::Session, wall_ms: i64, warn_ms: i64, leeway_ms: i64) {
+    if wall_ms < s.expires_at_ms.load(Ordering::Relaxed).saturating_sub(warn_ms) {
+        return;
+    }
     let mut auth = s.auth.lock();
     let Some(a) = auth.as_mut() else { return };
     let Some(expires) = a.expires_at_ms else { return };
@@ -104,6 +107,9 @@ fn check_expiry(s: &super::session::Session, wall_ms: i64, warn_ms: i64, leeway_
     }
 }
 
+/// The type of the heartbeat message (the writer sends a due ping along with it).
+pub(super) const HEARTBEAT: &str = "heartbeat";
+
 /// Publishes the `heartbeat` state message every heartbeat interval.
 pub(super) async fn heartbeat(hub: Hub, shutdown: CancellationToken) {
     let mut interval = tokio::time::interval(hub.config().heartbeat_interval);
@@ -120,7 +126,7 @@ pub(super) async fn heartbeat(hub: Hub, shutdown: CancellationToken) {
         });
         if hub
             .publish_now(vec![super::NewEvent {
-                kind: "heartbeat".into(),
+                kind: HEARTBEAT.into(),
                 data,
             }])
             .is_err()

@@ -6,7 +6,7 @@
 
 use std::future::poll_fn;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::task::Poll;
 
 use futures_util::task::AtomicWaker;
@@ -96,6 +96,11 @@ pub(crate) struct Session {
     pub(crate) last_seen_ms: AtomicU64,
     /// Hub-clock milliseconds of the last ping the sweeper asked for.
     pub(crate) last_ping_ms: AtomicU64,
+    /// Wall-clock expiry of the socket's credential in ms since the epoch, `i64::MAX`
+    /// for none (API keys, not yet authenticated). A copy of what `auth` holds, next
+    /// to the other keep-alive fields, so the sweeper reads one cache line per
+    /// session and locks `auth` only when a token is about to expire.
+    pub(crate) expires_at_ms: AtomicI64,
     /// Hub-clock milliseconds when the current socket write began; 0 when idle.
     /// The sweeper aborts connections whose write makes no progress.
     pub(crate) write_started_ms: AtomicU64,
@@ -134,6 +139,7 @@ impl Session {
             subs: Mutex::new(subs),
             last_seen_ms: AtomicU64::new(now_ms),
             last_ping_ms: AtomicU64::new(now_ms),
+            expires_at_ms: AtomicI64::new(i64::MAX),
             write_started_ms: AtomicU64::new(0),
             last_delivered_seq: AtomicU64::new(0),
             abort: Abort::default(),
@@ -158,7 +164,10 @@ impl Session {
     pub(crate) fn set_auth(&self, auth: SocketAuth) {
         self.admin
             .store(auth.role == crate::store::accounts::Role::Admin, Ordering::Relaxed);
-        *self.auth.lock() = Some(auth);
+        let mut current = self.auth.lock();
+        self.expires_at_ms
+            .store(auth.expires_at_ms.unwrap_or(i64::MAX), Ordering::Relaxed);
+        *current = Some(auth);
     }
 
     /// Runs `f` on the outbox and wakes the writer if it now has work.

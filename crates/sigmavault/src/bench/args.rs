@@ -43,6 +43,11 @@ pub(crate) struct BenchArgs {
     /// over that time (the idle cost of keep-alive); `0s` skips it.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub(super) idle: Duration,
+    /// Keep the default `heartbeat` subscription, as a dashboard does, instead of
+    /// dropping every default: the idle phase then measures a dashboard's keep-alive
+    /// cost (heartbeat and ping each interval) rather than pings alone.
+    #[arg(long)]
+    pub(super) heartbeat: bool,
     /// Approximate size of one event frame in bytes (the data is padded to reach it).
     #[arg(long, default_value_t = 300)]
     pub(super) size: usize,
@@ -132,6 +137,7 @@ impl BenchArgs {
             source_ips: self.source_ips,
             workers: self.workers,
             connect_concurrency: self.connect_concurrency,
+            heartbeat: self.heartbeat,
         }
     }
 }

@@ -44,11 +44,13 @@ pub(crate) struct Shared {
     /// Cancelled when measuring is over: each client then closes normally and returns its
     /// outcome. A token rather than aborting tasks, so the per-client trackers come back.
     pub(crate) stop: CancellationToken,
+    /// Keep the `heartbeat` subscription (`--heartbeat`).
+    pub(crate) heartbeat: bool,
 }
 
 impl Shared {
     /// State for one run with `probes` probe events.
-    pub(crate) fn new(run: u64, probes: usize) -> Self {
+    pub(crate) fn new(run: u64, probes: usize, heartbeat: bool) -> Self {
         Shared {
             run,
             burst: AtomicHistogram::default(),
@@ -59,6 +61,7 @@ impl Shared {
             queue_events: AtomicUsize::new(0),
             dropped: AtomicUsize::new(0),
             stop: CancellationToken::new(),
+            heartbeat,
         }
     }
 }
@@ -98,7 +101,7 @@ pub(crate) async fn run_client(
     let started = Instant::now();
     let setup = async {
         let mut conn = connect(&target, &opts).await?;
-        join_bench(&mut conn.ws, &conn.welcome).await?;
+        join_bench(&mut conn.ws, &conn.welcome, shared.heartbeat).await?;
         Ok::<_, anyhow::Error>(conn)
     };
     let conn = match setup.await {
@@ -122,15 +125,16 @@ pub(crate) async fn run_client(
     outcome
 }
 
-/// Subscribes to the bench type and drops the default subscriptions, so the only
-/// traffic is the bench's own (state topics to 19k clients would be noise and load).
-pub(crate) async fn join_bench(ws: &mut Ws, welcome: &Welcome) -> Result<()> {
+/// Subscribes to the bench type and drops the default subscriptions (all but
+/// `heartbeat` when `keep_heartbeat`), so the only traffic is the bench's own (state
+/// topics to 19k clients would be noise and load).
+pub(crate) async fn join_bench(ws: &mut Ws, welcome: &Welcome, keep_heartbeat: bool) -> Result<()> {
     ws.feed(command("subscribe", "bench-sub", json!({ "types": [EVENT_TYPE] })))
         .await?;
     let defaults: Vec<&String> = welcome
         .subscriptions
         .iter()
-        .filter(|s| *s != EVENT_TYPE)
+        .filter(|s| *s != EVENT_TYPE && !(keep_heartbeat && *s == "heartbeat"))
         .take(MAX_TYPES_PER_REQUEST)
         .collect();
     let mut pending = 1;

@@ -106,7 +106,7 @@ async fn bench(args: &BenchArgs, progress: &Progress) -> Result<Report> {
         None => None,
     };
     let self_start = self_sample();
-    let shared = Arc::new(Shared::new(run, args.probes));
+    let shared = Arc::new(Shared::new(run, args.probes, args.heartbeat));
 
     // Connect.
     progress.phase("connect", args.clients as u64);

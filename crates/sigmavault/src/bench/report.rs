@@ -59,6 +59,7 @@ pub(crate) struct Settings {
     pub(crate) source_ips: u8,
     pub(crate) workers: usize,
     pub(crate) connect_concurrency: usize,
+    pub(crate) heartbeat: bool,
 }
 
 /// Connecting: per client, TCP connect + upgrade + welcome + subscribe reply.

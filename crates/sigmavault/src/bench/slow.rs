@@ -40,7 +40,7 @@ pub(crate) async fn connect_slow(target: Arc<Target>, opts: Vec<ConnectOptions>)
         let target = target.clone();
         async move {
             let mut conn = connect(&target, &opts).await?;
-            join_bench(&mut conn.ws, &conn.welcome).await?;
+            join_bench(&mut conn.ws, &conn.welcome, false).await?;
             let base = conn.welcome.seq;
             Ok::<_, anyhow::Error>((conn.ws, base, conn.welcome.limits.queue_events))
         }
