@@ -40,6 +40,11 @@ pub(crate) struct WatchArgs {
     /// Bearer token for the upgrade request.
     #[arg(long, env = "SIGMAVAULT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// For wss:// URLs: a PEM file of the CA (or the server's self-signed certificate)
+    /// to trust. Without it the system's CA bundle is used ($SSL_CERT_FILE, else
+    /// /etc/ssl/certs/ca-certificates.crt).
+    #[arg(long, env = "SIGMAVAULT_CA_CERT")]
+    ca_cert: Option<std::path::PathBuf>,
 }
 
 /// Runs `watch` until Ctrl-C, a normal close from the server, or a close that forbids
@@ -52,22 +57,23 @@ pub(crate) fn run(args: WatchArgs) -> Result<()> {
         Pattern::parse(pattern).map_err(|e| anyhow!("--types: {e}"))?;
     }
     crate::client::Target::check(&args.url)?;
+    let tls = match args.url.scheme() {
+        "wss" => Some(crate::client::tls::client_config(args.ca_cert.as_deref())?),
+        _ => None,
+    };
     // One connection and a printer: a single thread is plenty.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(watch(args))
+    runtime.block_on(watch(args, tls))
 }
 
-async fn watch(args: WatchArgs) -> Result<()> {
+async fn watch(args: WatchArgs, tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>) -> Result<()> {
     let start = args.since.map(|since| (args.epoch.clone(), since));
-    let mut session = Session::new(
-        args.url.clone(),
-        ConnectOptions::new(args.token.clone()),
-        args.types.clone(),
-        start,
-    );
+    let mut opts = ConnectOptions::new(args.token.clone());
+    opts.tls = tls;
+    let mut session = Session::new(args.url.clone(), opts, args.types.clone(), start);
     // Ctrl-C, or SIGTERM from systemd or `timeout`: both end with a normal close.
     let ctrl_c = async {
         #[cfg(unix)]

@@ -436,13 +436,78 @@ fn watch_fails_at_once_on_a_permanent_refusal_or_a_bad_pattern() {
     );
 }
 
+/// A NAS reachable beyond loopback serves TLS, so watch speaks wss:// and checks the
+/// certificate: trusted through `--ca-cert`, refused at once (not retried) when it is
+/// not in the trusted set.
+#[test]
+fn watch_connects_over_wss_and_checks_the_certificate() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    let cert_path = common::write_file(dir.path(), "tls.crt", &cert.pem());
+    let key_path = common::write_file(dir.path(), "tls.key", &signing_key.serialize_pem());
+    let other = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).expect("certificate");
+    let other_path = common::write_file(dir.path(), "other-ca.crt", &other.cert.pem());
+
+    // An API key made over plain HTTP, then the same data dir served with TLS.
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut plain = Server::try_start(&[], 0, Some(data.path()), &KEEPALIVE).unwrap_or_else(|e| panic!("{e}"));
+    let token = plain.token().to_owned();
+    plain.terminate();
+    let mut args: Vec<&str> = KEEPALIVE.to_vec();
+    let (cert_arg, key_arg) = (cert_path.to_string_lossy(), key_path.to_string_lossy());
+    args.extend_from_slice(&["--tls-cert", &cert_arg, "--tls-key", &key_arg]);
+    let srv = Server::try_start(&[], 0, Some(data.path()), &args).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        srv.listening_line.starts_with("listening on https://"),
+        "{}",
+        srv.listening_line
+    );
+    let url = format!("wss://127.0.0.1:{}/ws", srv.addr.port());
+
+    let mut cmd = command(common::bin());
+    cmd.args(["watch", "--url", &url, "--json", "--types", "custom.*", "--ca-cert"])
+        .arg(&cert_path)
+        .env("SIGMAVAULT_TOKEN", &token);
+    let mut w = Spawned::spawn(cmd);
+    let lines = wait_subscribed(&mut w, 1);
+    assert!(messages(&lines).iter().any(|m| kind(m) == "welcome"), "{lines:?}");
+    w.wait_stderr("the connected notice", WAIT, |l| {
+        l.iter()
+            .any(|l| l.starts_with("watch: connected to") && l.contains("wss://"))
+    });
+    interrupt(&mut w);
+
+    // A certificate outside the trusted set: one clear error, exit 1, no retry loop.
+    let mut cmd = command(common::bin());
+    cmd.args(["watch", "--url", &url])
+        .env("SIGMAVAULT_TOKEN", &token)
+        .env("SSL_CERT_FILE", &other_path);
+    let out = run_to_exit(cmd, WAIT);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("error: ") && l.contains("certificate")),
+        "{out:?}"
+    );
+    assert!(!out.stderr.contains("reconnecting"), "{out:?}");
+
+    // A CA file that does not exist is named.
+    let mut cmd = command(common::bin());
+    cmd.args(["watch", "--url", &url, "--ca-cert", "/nonexistent/ca.pem"]);
+    let out = run_to_exit(cmd, WAIT);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("/nonexistent/ca.pem"), "{out:?}");
+}
+
 /// A URL watch can never connect to (wrong scheme) should fail like bench does, not
 /// retry forever.
 #[test]
 
 fn watch_rejects_a_non_ws_url_at_once() {
     let srv = start_server(&[]);
-    for url in [format!("http://{}/ws", srv.addr), format!("wss://{}/ws", srv.addr)] {
+    for url in [format!("http://{}/ws", srv.addr), format!("ftp://{}/ws", srv.addr)] {
         let mut cmd = command(common::bin());
         cmd.args(["watch", "--url", &url]);
         let out = run_to_exit(cmd, WAIT);

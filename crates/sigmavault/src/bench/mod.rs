@@ -73,7 +73,13 @@ pub(crate) fn run(args: BenchArgs) -> Result<()> {
 }
 
 async fn bench(args: &BenchArgs, progress: &Progress) -> Result<Report> {
-    let target = Arc::new(Target::resolve(&args.url).await?);
+    if args.url.scheme() == "wss" {
+        bail!(
+            "{}: bench speaks ws:// only (a load generator for a server on this machine or network)",
+            args.url
+        );
+    }
+    let target = Arc::new(Target::resolve(&args.url, None).await?);
     if args.source_ips > 1 && !(target.addr.is_ipv4() && target.addr.ip().is_loopback()) {
         bail!("--source-ips needs a server on 127.0.0.0/8; {} is not", target.addr);
     }

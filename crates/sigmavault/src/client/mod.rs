@@ -9,8 +9,10 @@
 pub(crate) mod backoff;
 pub(crate) mod sequencer;
 pub(crate) mod session;
+pub(crate) mod tls;
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -18,15 +20,20 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sigmavault_proto::CloseCode;
 use sigmavault_proto::server::{ServerMessage, Welcome};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Message, WebSocketConfig};
 use url::{Host, Url};
 
-/// The socket type every client uses: plain TCP (this build has no TLS).
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+use tls::ClientStream;
+
+/// The socket type every client uses: plain TCP or TLS over TCP.
+pub(crate) type Ws = WebSocketStream<ClientStream>;
 
 /// Where to connect: the URL (sent in the upgrade request) and the address resolved once,
 /// so thousands of bench clients do not each hit the resolver.
@@ -36,6 +43,8 @@ pub(crate) struct Target {
     pub(crate) url: Url,
     /// The server's socket address.
     pub(crate) addr: SocketAddr,
+    /// For `wss://`: the TLS settings and the name the certificate must carry.
+    pub(crate) tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
 impl Target {
@@ -44,9 +53,8 @@ impl Target {
     /// instead of retrying it.
     pub(crate) fn check(url: &Url) -> Result<()> {
         match url.scheme() {
-            "ws" => {}
-            "wss" => bail!("{url}: wss:// is not supported by this build (no TLS); use ws://"),
-            other => bail!("{url}: unsupported scheme {other:?}; expected ws://"),
+            "ws" | "wss" => {}
+            other => bail!("{url}: unsupported scheme {other:?}; expected ws:// or wss://"),
         }
         if url.host().is_none() {
             bail!("{url}: no host");
@@ -54,9 +62,22 @@ impl Target {
         Ok(())
     }
 
-    /// Checks the URL and resolves the host.
-    pub(crate) async fn resolve(url: &Url) -> Result<Target> {
+    /// Checks the URL and resolves the host. `tls` is used for `wss://` URLs.
+    pub(crate) async fn resolve(url: &Url, tls: Option<&Arc<ClientConfig>>) -> Result<Target> {
         Target::check(url)?;
+        let tls = if url.scheme() == "wss" {
+            let config = tls.ok_or_else(|| anyhow!("{url}: wss:// needs TLS settings"))?;
+            let host = url
+                .host_str()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name =
+                ServerName::try_from(host.to_owned()).with_context(|| format!("{url}: not a valid TLS server name"))?;
+            Some((config.clone(), name))
+        } else {
+            None
+        };
         let port = url.port_or_known_default().unwrap_or(80);
         let addr = match url.host() {
             Some(Host::Ipv4(ip)) => SocketAddr::new(IpAddr::V4(ip), port),
@@ -68,7 +89,11 @@ impl Target {
                 .ok_or_else(|| anyhow!("{name} resolved to no address"))?,
             None => bail!("{url}: no host"),
         };
-        Ok(Target { url: url.clone(), addr })
+        Ok(Target {
+            url: url.clone(),
+            addr,
+            tls,
+        })
     }
 }
 
@@ -86,6 +111,8 @@ pub(crate) struct ConnectOptions {
     pub(crate) ws_config: WebSocketConfig,
     /// Bound on TCP connect + handshake + welcome.
     pub(crate) timeout: Duration,
+    /// TLS settings for `wss://` URLs.
+    pub(crate) tls: Option<Arc<ClientConfig>>,
 }
 
 impl ConnectOptions {
@@ -97,6 +124,7 @@ impl ConnectOptions {
             recv_buffer: None,
             ws_config: WebSocketConfig::default(),
             timeout: Duration::from_secs(10),
+            tls: None,
         }
     }
 }
@@ -142,6 +170,15 @@ async fn connect_inner(target: &Target, opts: &ConnectOptions) -> Result<Connect
         .await
         .with_context(|| format!("TCP connect to {}", target.addr))?;
     stream.set_nodelay(true)?;
+    let stream = match &target.tls {
+        None => ClientStream::Plain(stream),
+        Some((config, name)) => ClientStream::Tls(Box::new(
+            TlsConnector::from(config.clone())
+                .connect(name.clone(), stream)
+                .await
+                .context("TLS handshake")?,
+        )),
+    };
     let (mut ws, _response) = tokio_tungstenite::client_async_with_config(request, stream, Some(opts.ws_config))
         .await
         .context("WebSocket handshake")?;
@@ -183,7 +220,7 @@ pub(crate) fn connect_error_is_permanent(err: &anyhow::Error) -> bool {
             (400..500).contains(&status) && !matches!(status, 408 | 429)
         }
         Some(WsError::Url(_)) => true,
-        _ => false,
+        _ => tls::is_certificate_error(cause),
     })
 }
 

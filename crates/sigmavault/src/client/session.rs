@@ -115,7 +115,7 @@ impl Session {
             tokio::time::sleep_until(at).await;
         }
         let attempt = async {
-            let target = Target::resolve(&self.url).await?;
+            let target = Target::resolve(&self.url, self.opts.tls.as_ref()).await?;
             connect(&target, &self.opts).await
         };
         let conn = match attempt.await {

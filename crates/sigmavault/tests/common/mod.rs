@@ -197,6 +197,7 @@ impl Server {
         };
         let addr = listening_line
             .strip_prefix("listening on http://")
+            .or_else(|| listening_line.strip_prefix("listening on https://"))
             .and_then(|a| a.parse().ok())
             .unwrap_or_else(|| panic!("unexpected first stdout line: {listening_line:?}"));
         Ok(Server {
