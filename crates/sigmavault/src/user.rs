@@ -205,9 +205,7 @@ fn run(args: UserArgs) -> Result<(), Failure> {
     }
     // The running server keeps accounts in memory: never change them behind its back.
     let _lock = store::backup::lock_data_dir(&data_dir).map_err(|e| match e {
-        StoreError::Open { message, .. } if message.starts_with("another sigmavault process") => {
-            Failure::Error(format!("{SERVER_RUNNING} ({})", data_dir.display()))
-        }
+        StoreError::InUse { .. } => Failure::Error(format!("{SERVER_RUNNING} ({})", data_dir.display())),
         other => Failure::from(other),
     })?;
     let config = Config {

@@ -45,9 +45,8 @@ pub fn lock_data_dir(dir: &Path) -> Result<DataDirLock, StoreError> {
     })?;
     match file.try_lock() {
         Ok(()) => Ok(DataDirLock { _file: file }),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Open {
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::InUse {
             path: dir.to_path_buf(),
-            message: "another sigmavault process (a running server?) is using this data directory".into(),
         }),
         Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Open {
             path,

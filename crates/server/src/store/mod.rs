@@ -58,6 +58,13 @@ pub enum StoreError {
         /// What SQLite or the OS said.
         message: String,
     },
+    /// Another process (a running server, a `sigmavault user` or `db` command)
+    /// holds the data directory's lock.
+    #[error("another sigmavault process (a running server?) is using the data directory {path}")]
+    InUse {
+        /// The data directory.
+        path: PathBuf,
+    },
     /// The database was written by a newer SigmaVault.
     #[error(
         "the database {path} has schema version {found}, newer than this binary knows ({known}); \
