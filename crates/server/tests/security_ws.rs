@@ -176,6 +176,66 @@ async fn only_the_servers_own_origin_and_allowed_origins_may_connect() {
 }
 
 #[tokio::test]
+async fn behind_a_trusted_proxy_the_forwarded_origin_is_the_servers_own() {
+    // A TLS-terminating proxy on 127.0.0.1 in front of a plain-HTTP server: the
+    // browser's page is https://nas.example, and the proxy says so.
+    let srv = TestServer::spawn_with(|c| {
+        c.security.trusted_proxies = vec![sigmavault_server::config::Cidr::parse("127.0.0.0/8").expect("cidr")];
+    })
+    .await;
+    let auth = bearer(&srv.token);
+    let page = "https://nas.example";
+    let host_kept = [
+        ("authorization", auth.as_str()),
+        ("origin", page),
+        ("host", "nas.example"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let mut c = welcomed(request(&srv, "/ws", &host_kept)).await;
+    alive(&mut c, "Host kept by the proxy").await;
+    // A proxy that rewrites Host names the public one in X-Forwarded-Host.
+    let host_rewritten = [
+        ("authorization", auth.as_str()),
+        ("origin", page),
+        ("x-forwarded-host", "nas.example"),
+        ("x-forwarded-proto", "https"),
+    ];
+    let mut c = welcomed(request(&srv, "/ws", &host_rewritten)).await;
+    alive(&mut c, "X-Forwarded-Host").await;
+    // Another page stays foreign, and the forwarded scheme must match the page's.
+    for (origin, proto) in [("https://evil.example", "https"), (page, "http")] {
+        let req = request(
+            &srv,
+            "/ws",
+            &[
+                ("authorization", auth.as_str()),
+                ("origin", origin),
+                ("host", "nas.example"),
+                ("x-forwarded-proto", proto),
+            ],
+        );
+        assert_upgrade_refused(req, 403, "origin_not_allowed", origin).await;
+    }
+    srv.stop().await;
+
+    // From a peer that is not a trusted proxy the forwarded headers are not believed.
+    let srv = TestServer::spawn().await;
+    let auth = bearer(&srv.token);
+    let req = request(
+        &srv,
+        "/ws",
+        &[
+            ("authorization", auth.as_str()),
+            ("origin", page),
+            ("host", "nas.example"),
+            ("x-forwarded-proto", "https"),
+        ],
+    );
+    assert_upgrade_refused(req, 403, "origin_not_allowed", "untrusted forwarded headers").await;
+    srv.stop().await;
+}
+
+#[tokio::test]
 async fn tokens_in_the_query_string_are_refused_with_400() {
     let srv = TestServer::spawn().await;
     let auth = bearer(&srv.token);

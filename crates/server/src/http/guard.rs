@@ -106,7 +106,12 @@ pub(crate) fn principal(req_ext: &axum::http::Extensions) -> Result<Principal, A
 
 /// Whether a browser's `Origin` may use this server: the server's own origin
 /// (the Origin's host:port equals the request's Host) or an `--allowed-origin`.
-pub(crate) fn origin_allowed(app: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+///
+/// Behind a `--trusted-proxy` that terminates TLS, the server's own origin is the one
+/// the browser sees: scheme from `X-Forwarded-Proto` and host from `X-Forwarded-Host`
+/// (else `Host`). From any other peer those headers are ignored.
+pub(crate) fn origin_allowed(app: &AppState, req: &Request) -> Result<(), ApiError> {
+    let headers = req.headers();
     let Some(origin) = headers.get(header::ORIGIN) else {
         return Ok(());
     };
@@ -114,12 +119,26 @@ pub(crate) fn origin_allowed(app: &AppState, headers: &HeaderMap) -> Result<(), 
     let Some(normalized) = normalize_origin(raw) else {
         return Err(ApiError::OriginNotAllowed(raw.chars().take(100).collect()));
     };
-    let scheme = if app.config.security.tls() { "https" } else { "http" };
-    let own = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .and_then(|h| normalize_origin(&format!("{scheme}://{h}")));
-    if own.as_deref() == Some(normalized.as_str()) || app.config.security.allowed_origins.contains(&normalized) {
+    let security = &app.config.security;
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let proxied = security.trusted_proxies.iter().any(|c| c.contains(peer(req)));
+    let forwarded_proto = first("x-forwarded-proto")
+        .filter(|_| proxied)
+        .map(str::to_ascii_lowercase)
+        .filter(|p| p == "http" || p == "https");
+    let scheme = forwarded_proto.unwrap_or_else(|| if security.tls() { "https" } else { "http" }.to_owned());
+    let host = first("x-forwarded-host")
+        .filter(|_| proxied)
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()));
+    let own = host.and_then(|h| normalize_origin(&format!("{scheme}://{h}")));
+    if own.as_deref() == Some(normalized.as_str()) || security.allowed_origins.contains(&normalized) {
         Ok(())
     } else {
         Err(ApiError::OriginNotAllowed(raw.chars().take(100).collect()))

@@ -101,7 +101,7 @@ async fn ws_events(
     axum::Extension(guard::ClientIp(ip)): axum::Extension<guard::ClientIp>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    guard::origin_allowed(&app, req.headers())?;
+    guard::origin_allowed(&app, &req)?;
     let query = req.uri().query().unwrap_or("");
     if query
         .split('&')
