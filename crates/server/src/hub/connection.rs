@@ -23,8 +23,8 @@ use sigmavault_proto::CloseCode;
 
 use super::echo::EchoInbound;
 use super::inbound::{HubInbound, Inbound};
-use super::keepalive::HEARTBEAT;
-use super::outbox::{Batch, CloseRequest, EventFrame, Mode, ReplayRound, StateFrame};
+use super::keepalive;
+use super::outbox::{Batch, CloseRequest, EventFrame, Mode, ReplayRound};
 use super::resume::HistoryRead;
 use super::session::{Session, SessionKind};
 use super::subscriptions::Opening;
@@ -297,7 +297,7 @@ where
 {
     let delivered = (batch.state.len() + batch.events.len()) as u64;
     let last_seq = batch.events.back().map(|e| e.seq);
-    let ping = batch.ping || ping_with_heartbeat(hub, session, &batch.state);
+    let ping = batch.ping || keepalive::ping_with_heartbeat(hub, session, &batch.state);
     let mut frames: Vec<Bytes> = Vec::with_capacity(batch.control.len() + batch.state.len() + batch.events.len() + 1);
     frames.extend(batch.control);
     frames.extend(batch.state.into_iter().map(|s| s.bytes));
@@ -313,30 +313,6 @@ where
         hub.counters().delivered.fetch_add(delivered, Ordering::Relaxed);
     }
     Ok(())
-}
-
-/// Whether the keep-alive ping goes out now, in the same write as this batch's
-/// `heartbeat`, instead of as a write of its own when the sweeper finds it due.
-///
-/// Every connection on the default subscriptions gets a heartbeat each heartbeat
-/// interval; pinging it separately as well would cost a second write and wake-up
-/// per interval. A ping rides on a heartbeat once it is at least
-/// `ping interval − heartbeat interval` old (with the defaults, 30 s − 30 s: every
-/// heartbeat), so the next heartbeat always comes before the ping is due and the
-/// sweeper never has to ping such a connection. Pings are never later than before,
-/// only sometimes earlier.
-fn ping_with_heartbeat(hub: &Hub, session: &Session, state: &[StateFrame]) -> bool {
-    if !state.iter().any(|s| &*s.kind == HEARTBEAT) {
-        return false;
-    }
-    let cfg = hub.config();
-    let early_ms = cfg.ping_interval.saturating_sub(cfg.heartbeat_interval).as_millis() as u64;
-    let now = hub.now_ms();
-    if now.saturating_sub(session.last_ping_ms.load(Ordering::Relaxed)) < early_ms {
-        return false;
-    }
-    session.last_ping_ms.store(now, Ordering::Relaxed);
-    true
 }
 
 /// Streams one chunk of history after the cursor, or finishes the replay.

@@ -14,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 use sigmavault_proto::CloseCode;
 
 use super::Hub;
+use super::outbox::StateFrame;
+use super::session::Session;
 
 /// How often the sweeper runs: a quarter of the shortest deadline it enforces,
 /// so deadlines are met within 25 % (bounded to 10 ms..5 s; with the defaults a
@@ -74,6 +76,30 @@ fn sweep(hub: &Hub) {
             s.abort.abort();
         }
     }
+}
+
+/// Whether the keep-alive ping goes out now, in the same write as this batch's
+/// `heartbeat`, instead of as a write of its own when the sweeper finds it due.
+///
+/// Every connection on the default subscriptions gets a heartbeat each heartbeat
+/// interval; pinging it separately as well would cost a second write and wake-up
+/// per interval. A ping rides on a heartbeat once it is at least
+/// `ping interval − heartbeat interval` old (with the defaults, 30 s − 30 s: every
+/// heartbeat), so the next heartbeat always comes before the ping is due and the
+/// sweeper never has to ping such a connection. Pings are never later than before,
+/// only sometimes earlier.
+pub(super) fn ping_with_heartbeat(hub: &Hub, session: &Session, state: &[StateFrame]) -> bool {
+    if !state.iter().any(|s| &*s.kind == HEARTBEAT) {
+        return false;
+    }
+    let cfg = hub.config();
+    let early_ms = cfg.ping_interval.saturating_sub(cfg.heartbeat_interval).as_millis() as u64;
+    let now = hub.now_ms();
+    if now.saturating_sub(session.last_ping_ms.load(Ordering::Relaxed)) < early_ms {
+        return false;
+    }
+    session.last_ping_ms.store(now, Ordering::Relaxed);
+    true
 }
 
 /// Warns a socket whose token expires soon (`auth.expiring`, once per token)
