@@ -7,6 +7,7 @@
 //! ([`Roots`]), so tests point them at fixture trees. Parsing is kept in pure
 //! functions over text, separate from the file reads.
 
+pub mod netfs;
 pub mod network;
 pub mod procfs;
 pub mod scheduler;

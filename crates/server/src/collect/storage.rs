@@ -8,10 +8,9 @@
 //! examined; an array becoming degraded or recovering is an event too.
 //!
 //! `statvfs` goes through [`FsStats`] so fixture tests never ask the host about
-//! mount points that only exist in a fixture. On a hung `hard` NFS mount the
-//! real `statvfs` blocks in the kernel and cannot be interrupted from here; the
-//! scheduler's per-call timeout is the guard (the sample is abandoned and the
-//! source goes stale), which is why no per-mount timeout is attempted.
+//! mount points that only exist in a fixture. Network filesystems are asked with
+//! a deadline per mount ([`super::netfs`]): a hung `hard` NFS mount shows as that
+//! mount's `error`, and the rest of the sample goes on.
 
 // A child of `storage`, not of `collect`, only because `collect/mod.rs` is
 // not this change's to edit; it is a module of its own in every other way.
@@ -22,11 +21,13 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use self::raid::{CommandRunner, Health, RaidEntry, SystemRunner};
+use super::netfs::{DEADLINE as NETFS_DEADLINE, Deadlined, is_network};
 use super::{Roots, Sample, Source, SourceError};
 
 /// The time all external tools of one sample may take together. Well inside
@@ -54,14 +55,14 @@ pub struct FsStat {
 
 /// Where filesystem usage comes from. Injectable so tests with a fixture procfs
 /// root supply numbers for mount points the host doesn't have.
-pub trait FsStats: Send + 'static {
+pub trait FsStats: Send + Sync + 'static {
     /// `statvfs` of a mount point. May block (network filesystems).
     fn statvfs(&self, mount_point: &Path) -> io::Result<FsStat>;
 }
 
 impl<F> FsStats for F
 where
-    F: Fn(&Path) -> io::Result<FsStat> + Send + 'static,
+    F: Fn(&Path) -> io::Result<FsStat> + Send + Sync + 'static,
 {
     fn statvfs(&self, mount_point: &Path) -> io::Result<FsStat> {
         self(mount_point)
@@ -593,17 +594,24 @@ fn read_partitions(disk: &Path, name: &str) -> Result<Vec<Partition>, SourceErro
     Ok(parts)
 }
 
-/// Filesystems from a mountinfo file, with usage from `stats`.
-pub fn read_filesystems(mountinfo: &Path, stats: &dyn FsStats) -> Result<Vec<Filesystem>, SourceError> {
+/// Filesystems from a mountinfo file, with usage from `stats`; network filesystems
+/// through `netfs` (with a deadline) when given.
+pub fn read_filesystems(
+    mountinfo: &Path,
+    stats: &dyn FsStats,
+    netfs: Option<&Deadlined>,
+) -> Result<Vec<Filesystem>, SourceError> {
     let text = std::fs::read(mountinfo).map_err(|e| SourceError::read(mountinfo, &e))?;
     let entries = parse_mountinfo(&text).map_err(|e| SourceError::parse(mountinfo, e))?;
     Ok(select_mounts(entries)
         .into_iter()
         .map(|e| Filesystem {
-            usage: stats
-                .statvfs(&e.mount_point)
-                .map(|s| usage(&s))
-                .map_err(|err| format!("statvfs: {err}")),
+            usage: match netfs {
+                Some(guarded) if is_network(&e.fs_type) => guarded.statvfs(&e.mount_point),
+                _ => stats.statvfs(&e.mount_point),
+            }
+            .map(|s| usage(&s))
+            .map_err(|err| format!("statvfs: {err}")),
             device: e.source,
             mount_point: e.mount_point.to_string_lossy().into_owned(),
             fs_type: e.fs_type,
@@ -699,7 +707,9 @@ pub fn diff_events(prev: &StorageState, next: &StorageState) -> Vec<(String, Val
 /// The `storage` source.
 pub struct StorageSource {
     roots: Roots,
-    stats: Box<dyn FsStats>,
+    stats: Arc<dyn FsStats>,
+    /// The same `stats`, with a deadline, for network filesystems.
+    netfs: Deadlined,
     runner: Box<dyn CommandRunner>,
     /// The last good sample; `None` until the baseline is taken.
     previous: Option<StorageState>,
@@ -714,9 +724,11 @@ impl StorageSource {
     /// Takes usage from `stats` instead of the host, e.g. a closure
     /// `|p: &Path| -> io::Result<FsStat>` in tests with a fixture procfs root.
     pub fn with_fs_stats(roots: Roots, stats: impl FsStats) -> StorageSource {
+        let stats: Arc<dyn FsStats> = Arc::new(stats);
         StorageSource {
             roots,
-            stats: Box::new(stats),
+            netfs: Deadlined::new(stats.clone(), NETFS_DEADLINE),
+            stats,
             runner: Box::new(SystemRunner::default()),
             previous: None,
         }
@@ -742,7 +754,11 @@ impl Source for StorageSource {
 
     fn sample(&mut self) -> Result<Sample, SourceError> {
         let disks = read_disks(&self.roots.sys("block"))?;
-        let filesystems = read_filesystems(&self.roots.proc("self/mountinfo"), self.stats.as_ref())?;
+        let filesystems = read_filesystems(
+            &self.roots.proc("self/mountinfo"),
+            self.stats.as_ref(),
+            Some(&self.netfs),
+        )?;
         let btrfs: Vec<(&str, &str)> = filesystems
             .iter()
             .filter(|f| f.fs_type == "btrfs")
@@ -842,6 +858,42 @@ mod tests {
             "available_bytes": 100_020_224_000u64, "used_pct": 90,
             "inodes_total": 1_000_000, "inodes_used": 1000, "inodes_pct": 1, "error": null,
         })
+    }
+
+    /// A hard NFS mount whose server is gone blocks `statvfs` in the kernel: the
+    /// sample still comes back, after one deadline, with that mount's `error` and
+    /// everything else intact; the next one does not wait for it at all.
+    #[test]
+    fn a_hung_network_mount_does_not_hold_the_sample() {
+        let hang = |p: &Path| -> io::Result<FsStat> {
+            if p == Path::new("/mnt/backup") {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+            fake_stats(p)
+        };
+        let mut src = StorageSource::with_fs_stats(roots_at(&fixture()), hang);
+        for round in 0..2 {
+            let started = std::time::Instant::now();
+            let sample = src.sample().unwrap();
+            let took = started.elapsed();
+            assert!(took < NETFS_DEADLINE * 3, "round {round}: {took:?}");
+            if round == 1 {
+                assert!(took < NETFS_DEADLINE, "the second sample waited again: {took:?}");
+            }
+            let fs = sample.state["filesystems"].as_array().unwrap();
+            let backup = fs.iter().find(|f| f["mount_point"] == "/mnt/backup").unwrap();
+            let error = backup["error"].as_str().unwrap();
+            assert!(error.starts_with("statvfs: no answer"), "{error}");
+            assert!(backup["size_bytes"].is_null(), "{backup}");
+            let root = fs.iter().find(|f| f["mount_point"] == "/").unwrap();
+            assert_eq!(root["used_pct"], 85, "{root}");
+            let scans = fs.iter().find(|f| f["mount_point"] == "/mnt/scans").unwrap();
+            assert!(
+                scans["error"].is_null(),
+                "the other network mount still answers: {scans}"
+            );
+            assert_eq!(sample.state["disks"].as_array().unwrap().len(), 2);
+        }
     }
 
     #[test]
