@@ -630,8 +630,17 @@ impl Config {
             let (name, interval) = item
                 .split_once('=')
                 .ok_or_else(|| err("source-interval", format!("{item:?} is not NAME=DURATION")))?;
+            let name = name.trim();
+            let known = matches!(name, "system" | "network" | "storage" | "smart")
+                || name.strip_prefix("smart:").is_some_and(|disk| !disk.is_empty());
+            if !known {
+                return Err(err(
+                    "source-interval",
+                    format!("unknown source {name:?}; expected system, network, storage, smart or smart:<disk>"),
+                ));
+            }
             let interval = duration(interval.trim()).map_err(|p| err("source-interval", format!("{name}: {p}")))?;
-            c.source_intervals.insert(name.trim().to_owned(), interval);
+            c.source_intervals.insert(name.to_owned(), interval);
         }
         set!(smart_interval, "smart-interval", duration);
         set!(smart_timeout, "smart-timeout", duration);
@@ -840,6 +849,30 @@ mod tests {
         };
         let c = load(args, &[("SIGMAVAULT_PORT", "2000")]).unwrap();
         assert_eq!(c.port, 3000);
+    }
+
+    #[test]
+    fn source_intervals_name_known_sources() {
+        let with = |item: &str| {
+            load(
+                ServeArgs {
+                    source_intervals: vec![item.to_owned()],
+                    ..Default::default()
+                },
+                &[],
+            )
+        };
+        let c = with("smart:sda=10m").unwrap();
+        assert_eq!(c.source_intervals["smart:sda"], Duration::from_secs(600));
+        assert_eq!(
+            with(" storage = 2s").unwrap().source_intervals["storage"],
+            Duration::from_secs(2)
+        );
+        for bad in ["systme=1s", "smart:=1s", "cpu=1s"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.key, "source-interval", "{bad}");
+            assert!(e.problem.contains("unknown source"), "{bad}: {e}");
+        }
     }
 
     #[test]
