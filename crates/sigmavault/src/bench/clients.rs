@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sigmavault_proto::client::MAX_TYPES_PER_REQUEST;
@@ -13,14 +13,14 @@ use sigmavault_proto::server::{ServerMessage, Welcome};
 use tokio::sync::Semaphore;
 use tokio::time::{Instant, timeout};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::error::{Error as WsError, ProtocolError};
 use tokio_util::sync::CancellationToken;
 
 use super::publisher::EVENT_TYPE;
+use super::rawws::{Incoming, RawWs};
 use super::scan::{Phase, scan};
 use super::stats::{AtomicHistogram, wall_ns};
 use super::tracker::{Seen, SeqTracker};
-use crate::client::{CloseInfo, ConnectOptions, Target, Ws, command, connect};
+use crate::client::{CloseInfo, ConnectOptions, Target, Ws};
 
 /// Bound on the subscribe/unsubscribe round trip after the welcome.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -100,11 +100,16 @@ pub(crate) async fn run_client(
     let permit = gate.acquire_owned().await;
     let started = Instant::now();
     let setup = async {
-        let mut conn = connect(&target, &opts).await?;
-        join_bench(&mut conn.ws, &conn.welcome, shared.heartbeat).await?;
-        Ok::<_, anyhow::Error>(conn)
+        let mut ws = RawWs::connect(&target, &opts).await?;
+        let welcome = join_raw(&mut ws, shared.heartbeat).await?;
+        Ok::<_, anyhow::Error>((ws, welcome))
     };
-    let conn = match setup.await {
+    let setup = async {
+        timeout(opts.timeout, setup)
+            .await
+            .map_err(|_| anyhow!("connecting to {} timed out after {:?}", target.url, opts.timeout))?
+    };
+    let (mut ws, welcome) = match setup.await {
         Ok(conn) => conn,
         Err(e) => {
             shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -117,46 +122,62 @@ pub(crate) async fn run_client(
     shared.ready.fetch_add(1, Ordering::Relaxed);
     shared
         .queue_events
-        .store(conn.welcome.limits.queue_events, Ordering::Relaxed);
-    let mut ws = conn.ws;
-    let mut tracker = SeqTracker::new(conn.welcome.seq);
+        .store(welcome.limits.queue_events, Ordering::Relaxed);
+    let mut tracker = SeqTracker::new(welcome.seq);
     receive(&shared, &mut ws, &mut tracker, &mut outcome).await;
     outcome.tracker = Some(tracker);
     outcome
 }
 
-/// Subscribes to the bench type and drops the default subscriptions (all but
-/// `heartbeat` when `keep_heartbeat`), so the only traffic is the bench's own (state
-/// topics to 19k clients would be noise and load).
-pub(crate) async fn join_bench(ws: &mut Ws, welcome: &Welcome, keep_heartbeat: bool) -> Result<()> {
-    ws.feed(command("subscribe", "bench-sub", json!({ "types": [EVENT_TYPE] })))
-        .await?;
+/// The commands that make a client a bench subscriber: subscribe to the bench type
+/// and drop the default subscriptions (all but `heartbeat` when `keep_heartbeat`), so
+/// the only traffic is the bench's own (state topics to 19k clients would be noise
+/// and load).
+fn join_commands(welcome: &Welcome, keep_heartbeat: bool) -> Vec<String> {
+    let mut commands = vec![command_text("subscribe", "bench-sub", json!({ "types": [EVENT_TYPE] }))];
     let defaults: Vec<&String> = welcome
         .subscriptions
         .iter()
         .filter(|s| *s != EVENT_TYPE && !(keep_heartbeat && *s == "heartbeat"))
         .take(MAX_TYPES_PER_REQUEST)
         .collect();
-    let mut pending = 1;
     if !defaults.is_empty() {
-        ws.feed(command("unsubscribe", "bench-unsub", json!({ "types": defaults })))
-            .await?;
-        pending += 1;
+        commands.push(command_text("unsubscribe", "bench-unsub", json!({ "types": defaults })));
+    }
+    commands
+}
+
+fn command_text(kind: &str, id: &str, data: Value) -> String {
+    json!({"type": kind, "id": id, "data": data}).to_string()
+}
+
+/// Whether a text frame answers one of the join commands: `Ok(true)` for a reply,
+/// `Ok(false)` for anything else, an error for a refusal.
+fn join_reply(text: &str) -> Result<bool> {
+    let Ok(msg) = serde_json::from_str::<ServerMessage>(text) else {
+        return Ok(false);
+    };
+    match (msg.kind.as_str(), msg.id.as_ref().and_then(Value::as_str)) {
+        ("subscribed", Some("bench-sub")) | ("unsubscribed", Some("bench-unsub")) => Ok(true),
+        ("error", Some(id)) if id.starts_with("bench-") => bail!("server refused {id}: {}", msg.data),
+        _ => Ok(false),
+    }
+}
+
+/// [`join_commands`] over a tungstenite socket (the `--slow` clients).
+pub(crate) async fn join_bench(ws: &mut Ws, welcome: &Welcome, keep_heartbeat: bool) -> Result<()> {
+    let commands = join_commands(welcome, keep_heartbeat);
+    let mut pending = commands.len();
+    for c in commands {
+        ws.feed(Message::text(c)).await?;
     }
     ws.flush().await?;
     let replies = async {
         while pending > 0 {
             match ws.next().await {
                 Some(Ok(Message::Text(text))) => {
-                    let Ok(msg) = serde_json::from_str::<ServerMessage>(&text) else {
-                        continue;
-                    };
-                    match (msg.kind.as_str(), msg.id.as_ref().and_then(Value::as_str)) {
-                        ("subscribed", Some("bench-sub")) | ("unsubscribed", Some("bench-unsub")) => pending -= 1,
-                        ("error", Some(id)) if id.starts_with("bench-") => {
-                            bail!("server refused {id}: {}", msg.data)
-                        }
-                        _ => {}
+                    if join_reply(&text)? {
+                        pending -= 1;
                     }
                 }
                 Some(Ok(Message::Close(frame))) => {
@@ -174,7 +195,46 @@ pub(crate) async fn join_bench(ws: &mut Ws, welcome: &Welcome, keep_heartbeat: b
         .map_err(|_| anyhow!("no subscribe reply within {SETUP_TIMEOUT:?}"))?
 }
 
-async fn receive(shared: &Shared, ws: &mut Ws, tracker: &mut SeqTracker, outcome: &mut ClientOutcome) {
+/// The reading clients' setup over [`RawWs`]: the welcome, then [`join_commands`].
+async fn join_raw(ws: &mut RawWs, keep_heartbeat: bool) -> Result<Welcome> {
+    let welcome = match ws.next().await.context("reading welcome")? {
+        Some(incoming @ Incoming::Text(_)) => {
+            let text = incoming.text().ok_or_else(|| anyhow!("welcome is not UTF-8"))?;
+            let msg: ServerMessage = serde_json::from_str(text).context("welcome is not a server message")?;
+            if msg.kind != "welcome" {
+                bail!("expected a welcome first, got {:?}", msg.kind);
+            }
+            serde_json::from_value::<Welcome>(msg.data).context("malformed welcome data")?
+        }
+        Some(Incoming::Close(info)) => bail!("server closed before welcome: {info}"),
+        None => bail!("connection ended before welcome"),
+    };
+    let commands = join_commands(&welcome, keep_heartbeat);
+    let mut pending = commands.len();
+    for c in commands {
+        ws.send_text(&c).await?;
+    }
+    let replies = async {
+        while pending > 0 {
+            match ws.next().await.context("during setup")? {
+                Some(incoming @ Incoming::Text(_)) => {
+                    if join_reply(incoming.text().unwrap_or_default())? {
+                        pending -= 1;
+                    }
+                }
+                Some(Incoming::Close(info)) => bail!("closed during setup: {info}"),
+                None => bail!("connection ended during setup"),
+            }
+        }
+        Ok(())
+    };
+    timeout(SETUP_TIMEOUT, replies)
+        .await
+        .map_err(|_| anyhow!("no subscribe reply within {SETUP_TIMEOUT:?}"))??;
+    Ok(welcome)
+}
+
+async fn receive(shared: &Shared, ws: &mut RawWs, tracker: &mut SeqTracker, outcome: &mut ClientOutcome) {
     // Pinned once: re-creating the future per frame would re-register with the token.
     let stop = shared.stop.cancelled();
     tokio::pin!(stop);
@@ -185,32 +245,29 @@ async fn receive(shared: &Shared, ws: &mut Ws, tracker: &mut SeqTracker, outcome
             received = ws.next() => received,
         };
         match received {
-            Some(Ok(Message::Text(text))) => on_text(shared, text.as_str(), tracker, outcome),
-            Some(Ok(Message::Close(frame))) => {
-                outcome.close = Some(CloseInfo::from_frame(frame.as_ref()));
+            Ok(Some(incoming @ Incoming::Text(_))) => match incoming.text() {
+                Some(text) => on_text(shared, text, tracker, outcome),
+                None => outcome.other_frames += 1,
+            },
+            Ok(Some(Incoming::Close(info))) => {
+                outcome.close = Some(info);
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Some(Ok(_)) => {}
-            Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) | None => {
+            Ok(None) => {
                 outcome.error = Some("connection ended without a close frame".into());
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            Some(Err(e)) => {
-                outcome.error = Some(e.to_string());
+            Err(e) => {
+                outcome.error = Some(format!("{e:#}"));
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
         }
     }
     // Measuring is over: close politely and wait briefly for the server's reply.
-    let _ = timeout(Duration::from_secs(3), async {
-        if ws.close(None).await.is_ok() {
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    })
-    .await;
+    ws.close().await;
 }
 
 /// The per-delivery hot path: one clock read, a scan, a bit set, one histogram add.

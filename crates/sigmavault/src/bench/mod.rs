@@ -14,6 +14,7 @@ mod phases;
 mod proc;
 mod progress;
 mod publisher;
+mod rawws;
 mod report;
 mod scan;
 mod slow;
