@@ -10,7 +10,7 @@
 //! below the threshold that raised it, so a value hovering at a threshold does
 //! not flap.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +114,9 @@ pub struct Alerts {
     rules: Rules,
     active: Arc<Mutex<HashMap<String, Alert>>>,
     changes: mpsc::UnboundedSender<Change>,
+    /// Mount points seen writable by this process and still mounted: one of
+    /// them turning read-only was remounted, usually after errors.
+    writable: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Alerts {
@@ -151,6 +154,7 @@ impl Alerts {
             rules,
             active: Arc::new(Mutex::new(active)),
             changes: tx,
+            writable: Arc::default(),
         };
         (alerts, rx)
     }
@@ -305,35 +309,67 @@ impl Alerts {
         let Some(list) = state["filesystems"].as_array() else {
             return Vec::new();
         };
-        list.iter()
-            .filter(|f| f["options"] != "ro")
-            .filter_map(|f| {
-                let mount = f["mount_point"].as_str()?;
-                let key = format!("filesystem:{mount}");
-                // Usage unknown this time (statvfs failed): the alert stays as it is.
-                let Some(pct) = f["used_pct"].as_f64() else {
-                    let a = self.active.lock().get(&key).cloned()?;
-                    return Some(Verdict {
-                        key,
-                        level: Some(a.level),
-                        title: a.title,
-                        message: a.message,
-                    });
-                };
-                let level = self.level(
-                    pct,
-                    Some(self.rules.fs_warning),
-                    self.rules.fs_critical,
-                    self.current(&key),
-                );
-                Some(Verdict {
-                    title: format!("filesystem {mount} is filling up"),
-                    message: format!("{mount} is {pct} % full"),
+        let mounted: HashSet<&str> = list.iter().filter_map(|f| f["mount_point"].as_str()).collect();
+        self.writable.lock().retain(|m| mounted.contains(m.as_str()));
+        let mut verdicts: Vec<Verdict> = list.iter().filter_map(|f| self.read_only(f)).collect();
+        verdicts.extend(list.iter().filter_map(|f| {
+            let mount = f["mount_point"].as_str()?;
+            let key = format!("filesystem:{mount}");
+            // Usage unknown this time (statvfs failed), or the filesystem is now
+            // read-only (nothing more can fill it): the alert stays as it is.
+            let pct = f["used_pct"].as_f64().filter(|_| f["options"] != "ro");
+            let Some(pct) = pct else {
+                let a = self.active.lock().get(&key).cloned()?;
+                return Some(Verdict {
                     key,
-                    level,
-                })
+                    level: Some(a.level),
+                    title: a.title,
+                    message: a.message,
+                });
+            };
+            let level = self.level(
+                pct,
+                Some(self.rules.fs_warning),
+                self.rules.fs_critical,
+                self.current(&key),
+            );
+            Some(Verdict {
+                title: format!("filesystem {mount} is filling up"),
+                message: format!("{mount} is {pct} % full"),
+                key,
+                level,
             })
-            .collect()
+        }));
+        verdicts
+    }
+
+    /// A filesystem this server saw writable that is now mounted read-only was
+    /// remounted, most often by the kernel after I/O or filesystem errors
+    /// (ext4 `errors=remount-ro`): critical until it is writable again or
+    /// unmounted. Read-only from the start (an ISO, a snapshot) never alerts.
+    fn read_only(&self, f: &Value) -> Option<Verdict> {
+        let mount = f["mount_point"].as_str()?;
+        let key = format!("filesystem:{mount}:read_only");
+        let title = format!("filesystem {mount} became read-only");
+        if f["options"] != "ro" {
+            self.writable.lock().insert(mount.to_owned());
+            return Some(Verdict {
+                key,
+                level: None,
+                title,
+                message: format!("{mount} is writable again"),
+            });
+        }
+        let was_writable = self.writable.lock().contains(mount) || self.current(&key).is_some();
+        was_writable.then(|| Verdict {
+            key,
+            level: Some(Level::Critical),
+            title,
+            message: format!(
+                "{mount} was writable and is now mounted read-only, usually after disk or filesystem \
+                 errors; check the kernel log (dmesg)"
+            ),
+        })
     }
 
     fn raid(&self, state: &Value) -> Vec<Verdict> {
@@ -522,6 +558,35 @@ mod tests {
         assert_eq!(drain(&mut rx), vec![("filesystem:/srv".into(), None)]);
         let ro = json!({"filesystems": [{"mount_point": "/iso", "options": "ro", "used_pct": 100}]});
         a.on_sample("storage", &ro);
+        assert!(drain(&mut rx).is_empty());
+    }
+
+    #[test]
+    fn a_filesystem_remounted_read_only_is_critical_until_writable_again() {
+        let (a, mut rx) = Alerts::detached(rules(), HashMap::new());
+        let srv = |options: &str, pct: f64| json!({"filesystems": [{"mount_point": "/srv", "options": options, "used_pct": pct}], "raid": []});
+        let ro_key = || "filesystem:/srv:read_only".to_owned();
+        a.on_sample("storage", &srv("rw", 96.0));
+        assert_eq!(drain(&mut rx), vec![("filesystem:/srv".into(), Some(Level::Critical))]);
+        // Remounted read-only after errors: a critical alert; the usage alert stays.
+        a.on_sample("storage", &srv("ro", 96.0));
+        assert_eq!(drain(&mut rx), vec![(ro_key(), Some(Level::Critical))]);
+        a.on_sample("storage", &srv("ro", 96.0));
+        assert!(drain(&mut rx).is_empty(), "raised once");
+        assert_eq!(a.list().len(), 2);
+        // Repaired and writable again; then room made.
+        a.on_sample("storage", &srv("rw", 96.0));
+        assert_eq!(drain(&mut rx), vec![(ro_key(), None)]);
+        a.on_sample("storage", &srv("rw", 50.0));
+        assert_eq!(drain(&mut rx), vec![("filesystem:/srv".into(), None)]);
+
+        // Read-only again, then unmounted: the alert is cleared with it, and a
+        // read-only mount at the same place later is not taken for a remount.
+        a.on_sample("storage", &srv("ro", 50.0));
+        assert_eq!(drain(&mut rx), vec![(ro_key(), Some(Level::Critical))]);
+        a.on_sample("storage", &json!({"filesystems": [], "raid": []}));
+        assert_eq!(drain(&mut rx), vec![(ro_key(), None)]);
+        a.on_sample("storage", &srv("ro", 50.0));
         assert!(drain(&mut rx).is_empty());
     }
 
