@@ -15,12 +15,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Buf, BytesMut};
 use rand::RngCore;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use crate::client::{CloseInfo, ConnectOptions, Target};
+use crate::client::{CloseInfo, ConnectOptions, Target, tcp_connect};
 
 /// Largest response head accepted from the upgrade.
 const MAX_HEAD: usize = 16 * 1024;
@@ -69,25 +68,7 @@ impl Incoming {
 impl RawWs {
     /// TCP connect (with the bench's socket options) and the HTTP upgrade.
     pub(crate) async fn connect(target: &Target, opts: &ConnectOptions) -> Result<RawWs> {
-        let socket = if target.addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if let Some(ip) = opts.local_ip {
-            socket
-                .bind(std::net::SocketAddr::new(ip, 0))
-                .with_context(|| format!("binding source address {ip}"))?;
-        }
-        if let Some(size) = opts.recv_buffer {
-            socket.set_recv_buffer_size(size)?;
-        }
-        let stream = socket
-            .connect(target.addr)
-            .await
-            .with_context(|| format!("TCP connect to {}", target.addr))?;
-        stream.set_nodelay(true)?;
-        let (read, write) = stream.into_split();
+        let (read, write) = tcp_connect(target, opts).await?.into_split();
         let mut ws = RawWs {
             read,
             write,

@@ -20,7 +20,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use sigmavault_proto::CloseCode;
 use sigmavault_proto::server::{ServerMessage, Welcome};
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::rustls::pki_types::ServerName;
@@ -152,24 +152,7 @@ async fn connect_inner(target: &Target, opts: &ConnectOptions) -> Result<Connect
         let value = HeaderValue::from_str(&format!("Bearer {token}")).context("token is not a valid header value")?;
         request.headers_mut().insert(AUTHORIZATION, value);
     }
-    let socket = if target.addr.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    if let Some(ip) = opts.local_ip {
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .with_context(|| format!("binding source address {ip}"))?;
-    }
-    if let Some(size) = opts.recv_buffer {
-        socket.set_recv_buffer_size(size)?;
-    }
-    let stream = socket
-        .connect(target.addr)
-        .await
-        .with_context(|| format!("TCP connect to {}", target.addr))?;
-    stream.set_nodelay(true)?;
+    let stream = tcp_connect(target, opts).await?;
     let stream = match &target.tls {
         None => ClientStream::Plain(stream),
         Some((config, name)) => ClientStream::Tls(Box::new(
@@ -207,6 +190,30 @@ async fn connect_inner(target: &Target, opts: &ConnectOptions) -> Result<Connect
         welcome,
         welcome_text: text.as_str().to_owned(),
     })
+}
+
+/// The TCP connection to `target` with the options' source address and receive
+/// buffer, Nagle off.
+pub(crate) async fn tcp_connect(target: &Target, opts: &ConnectOptions) -> Result<TcpStream> {
+    let socket = if target.addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = opts.local_ip {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .with_context(|| format!("binding source address {ip}"))?;
+    }
+    if let Some(size) = opts.recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    let stream = socket
+        .connect(target.addr)
+        .await
+        .with_context(|| format!("TCP connect to {}", target.addr))?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
 }
 
 /// Whether a connect error is worth retrying: an HTTP refusal of the upgrade (404, 400, 401,
